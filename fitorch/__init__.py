@@ -1,0 +1,44 @@
+"""fitorch: Keras-short training for PyTorch, on Hugging Face Accelerate.
+
+Example:
+    >>> from fitorch import Learner
+    >>> learner = Learner(loss="cross_entropy", optimizer="adamw", lr=1e-3, metrics=["accuracy"])
+    >>> history = learner.fit(model, (x, y), epochs=10, validation_split=0.2)  # doctest: +SKIP
+
+The public API is what this module exports; built-in callbacks live in `fitorch.callbacks`.
+"""
+
+from fitorch.callback import EVENTS, Callback, CallbackList
+from fitorch.learner import LazyLogs, Learner
+from fitorch.losses import LOSSES
+from fitorch.metrics import (
+    Accuracy,
+    BatchMean,
+    MeanAbsoluteError,
+    MeanMetric,
+    MeanSquaredError,
+    MetricProtocol,
+    TopKAccuracy,
+)
+from fitorch.optimizers import OPTIMIZERS
+from fitorch.seed import seed_everything
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EVENTS",
+    "LOSSES",
+    "OPTIMIZERS",
+    "Accuracy",
+    "BatchMean",
+    "Callback",
+    "CallbackList",
+    "LazyLogs",
+    "Learner",
+    "MeanAbsoluteError",
+    "MeanMetric",
+    "MeanSquaredError",
+    "MetricProtocol",
+    "TopKAccuracy",
+    "seed_everything",
+]

@@ -1,0 +1,219 @@
+"""The callback protocol: the event names, the `Callback` base class and the dispatch loop.
+
+Everything beyond the bare training loop is a callback. The learner fires the events listed in
+`EVENTS`; a callback implements the ones it cares about. Dispatch only visits callbacks that
+override an event, so an unused hook costs nothing on the hot path.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from fitorch.learner import Learner
+
+# The one list of events, in the order they fire during `fit` (see docs/writing-callbacks.md).
+TRAIN_EVENTS = (
+    "on_train_begin",
+    "on_epoch_begin",
+    "on_train_batch_begin",
+    "on_before_backward",
+    "on_after_backward",
+    "on_before_optimizer_step",
+    "on_optimizer_step",
+    "on_train_batch_end",
+    "on_epoch_end",
+    "on_train_end",
+    "on_exception",
+)
+TEST_EVENTS = ("on_test_begin", "on_test_batch_begin", "on_test_batch_end", "on_test_end")
+PREDICT_EVENTS = ("on_predict_begin", "on_predict_batch_begin", "on_predict_batch_end", "on_predict_end")
+EVENTS: tuple[str, ...] = TRAIN_EVENTS + TEST_EVENTS + PREDICT_EVENTS
+
+
+class Callback:
+    """Base class for everything that reacts to training events.
+
+    Override any of the `on_*` methods; each receives the same arguments as in Keras
+    (`on_epoch_end(self, epoch, logs)`, `on_train_batch_end(self, batch, logs)`), plus the
+    PyTorch events `on_before_backward(loss)`, `on_after_backward()`,
+    `on_before_optimizer_step(optimizer)` and `on_optimizer_step()`.
+
+    `self.learner` (and `self.model`) are set before `on_train_begin`. A method whose name
+    starts with `on_` but is not an event fails when the class is defined, so a typo never
+    silently disables a hook.
+
+    A callback with state worth keeping across a crash returns it from `state_dict()` (JSON-able
+    data) and takes it back in `load_state_dict()`; checkpoints store it.
+
+    Example:
+        >>> class PrintLoss(Callback):
+        ...     def on_epoch_end(self, epoch, logs):
+        ...         print(f"epoch {epoch}: loss {logs['loss']:.3f}")
+    """
+
+    learner: Learner | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in vars(cls):
+            if name.startswith("on_") and name not in EVENTS:
+                close = difflib.get_close_matches(name, EVENTS, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise TypeError(
+                    f"{cls.__name__}.{name} is not a fitorch event, so it would never be called.{hint} "
+                    f"Events: {', '.join(EVENTS)}."
+                )
+
+    @property
+    def model(self) -> torch.nn.Module | None:
+        """The model being trained (unwrapped from any distributed wrapper), as in Keras."""
+        return None if self.learner is None else self.learner.model
+
+    def set_learner(self, learner: Learner) -> None:
+        """Attach the callback to `learner`; called by the learner before any event."""
+        self.learner = learner
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return JSON-able state to store in checkpoints. Empty by default."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict()` returned. Does nothing by default."""
+
+    # Training events (Keras names and arguments, plus the PyTorch-specific ones).
+    def on_train_begin(self, logs: dict[str, Any]) -> None:
+        """Called once at the start of `fit`, before the first epoch."""
+
+    def on_train_end(self, logs: dict[str, Any]) -> None:
+        """Called once at the end of `fit`, also when it fails (it runs in a `finally`)."""
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any]) -> None:
+        """Called at the start of every epoch (`epoch` is 0-based)."""
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        """Called after training and validation of an epoch; `logs` has the epoch's values."""
+
+    def on_train_batch_begin(self, batch: int, logs: dict[str, Any]) -> None:
+        """Called before each training micro-batch (`batch` is the index within the epoch)."""
+
+    def on_train_batch_end(self, batch: int, logs: Any) -> None:
+        """Called after each training micro-batch; `logs` holds running epoch means, read lazily."""
+
+    def on_before_backward(self, loss: torch.Tensor) -> None:
+        """Called with the loss of every micro-batch, before `backward`."""
+
+    def on_after_backward(self) -> None:
+        """Called after every `backward`."""
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Called when gradients are complete (synced, unscaled, clipped), before `optimizer.step()`."""
+
+    def on_optimizer_step(self) -> None:
+        """Called after a real optimizer step (once per accumulation window); `global_step` is updated."""
+
+    def on_exception(self, exception: BaseException) -> None:
+        """Called when `fit` fails; the exception propagates unchanged afterwards."""
+
+    # Evaluation events: fired by validation inside `fit` and by `evaluate`.
+    def on_test_begin(self, logs: dict[str, Any]) -> None:
+        """Called at the start of a validation or evaluation pass."""
+
+    def on_test_end(self, logs: dict[str, Any]) -> None:
+        """Called at the end of a validation or evaluation pass with its results."""
+
+    def on_test_batch_begin(self, batch: int, logs: dict[str, Any]) -> None:
+        """Called before each evaluation batch."""
+
+    def on_test_batch_end(self, batch: int, logs: Any) -> None:
+        """Called after each evaluation batch."""
+
+    # Prediction events, fired by `predict`.
+    def on_predict_begin(self, logs: dict[str, Any]) -> None:
+        """Called at the start of `predict`."""
+
+    def on_predict_end(self, logs: dict[str, Any]) -> None:
+        """Called at the end of `predict`."""
+
+    def on_predict_batch_begin(self, batch: int, logs: dict[str, Any]) -> None:
+        """Called before each prediction batch."""
+
+    def on_predict_batch_end(self, batch: int, logs: dict[str, Any]) -> None:
+        """Called after each prediction batch; `logs["outputs"]` holds the batch's outputs."""
+
+
+def _overrides(callback: Callback, event: str) -> bool:
+    implementation = getattr(callback, event)
+    return getattr(implementation, "__func__", implementation) is not getattr(Callback, event)
+
+
+class CallbackList:
+    """The callbacks of one `fit`, `evaluate` or `predict` call, in order, with the dispatch loop.
+
+    Args:
+        callbacks: the callbacks, in the order their hooks run.
+        learner: the learner they are attached to; it names the epoch and step in error notes.
+    """
+
+    def __init__(self, callbacks: Iterable[Callback], learner: Learner) -> None:
+        self.callbacks: list[Callback] = list(callbacks)
+        self.learner = learner
+        for callback in self.callbacks:
+            if not isinstance(callback, Callback):
+                raise TypeError(
+                    f"callbacks must be fitorch.Callback instances, got {type(callback).__name__}. "
+                    "Subclass fitorch.Callback, or wrap functions in fitorch.callbacks.LambdaCallback."
+                )
+            callback.set_learner(learner)
+        self._handlers: dict[str, list[Callable[..., Any]]] = {
+            event: [getattr(cb, event) for cb in self.callbacks if _overrides(cb, event)] for event in EVENTS
+        }
+
+    def __iter__(self):
+        return iter(self.callbacks)
+
+    def handles(self, event: str) -> bool:
+        """Whether any callback implements `event` (lets the loop skip building arguments)."""
+        return bool(self._handlers[event])
+
+    def fire(self, event: str, *args: Any) -> None:
+        """Call `event` on every callback that implements it, in order.
+
+        An exception gets a note naming the callback, the event, the epoch and the global step,
+        and then propagates unchanged.
+        """
+        for hook in self._handlers[event]:
+            try:
+                hook(*args)
+            except BaseException as error:
+                _add_note(error, self._describe(hook, event))
+                raise
+
+    def fire_exception(self, exception: BaseException) -> None:
+        """Fire `on_exception`; a failing handler is noted on `exception`, never raised over it."""
+        for hook in self._handlers["on_exception"]:
+            try:
+                hook(exception)
+            except Exception as handler_error:  # the original failure is the one the user must see
+                _add_note(exception, f"{self._describe(hook, 'on_exception')} also failed: {handler_error!r}")
+
+    def _describe(self, hook: Callable[..., Any], event: str) -> str:
+        owner = getattr(hook, "__self__", None)
+        name = type(owner).__name__ if owner is not None else getattr(hook, "__name__", "callback")
+        return f"raised in callback {name}.{event} (epoch {self.learner.epoch}, global step {self.learner.global_step})"
+
+
+def _add_note(error: BaseException, note: str) -> None:
+    if hasattr(error, "add_note"):  # Python >= 3.11
+        error.add_note(note)
+    else:  # pragma: no cover - Python 3.10 keeps the note where 3.11's traceback would print it
+        error.__notes__ = [*getattr(error, "__notes__", []), note]
+
+
+def find_callback(callbacks: Sequence[Callback], kind: type) -> Callback | None:
+    """Return the first callback in `callbacks` that is an instance of `kind`, or None."""
+    return next((cb for cb in callbacks if isinstance(cb, kind)), None)

@@ -1,0 +1,657 @@
+"""The `Learner`: configuration, the training loop, evaluation and prediction.
+
+The loop reads top to bottom: `fit` -> `_fit_loop` -> `_run_epoch` -> `_train_epoch` ->
+`train_step` -> `backward` / `optimizer_step`. Everything else (progress, history, logging,
+checkpoints, schedules) is a callback reacting to the events the loop fires. Hugging Face
+Accelerate places tensors on devices, runs mixed precision and wraps the model for distributed
+data parallel; the learner never talks to `torch.distributed` itself.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, is_initialized
+from torch import nn
+from torch.utils.data import DataLoader
+
+from fitorch.callback import Callback, CallbackList, find_callback
+from fitorch.data import (
+    DataLike,
+    LoaderOptions,
+    batch_length,
+    call_model,
+    concat_outputs,
+    make_loader,
+    split_for_validation,
+    to_dataset,
+    unpack_batch,
+)
+from fitorch.losses import check_targets, loss_from_outputs, model_predictions, resolve_loss
+from fitorch.metrics import Tracker, resolve_metrics
+from fitorch.optimizers import OptimizerSpec, build_optimizers, check_optimizer
+from fitorch.seed import seed_everything
+
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+class LazyLogs(Mapping):
+    """Batch logs computed only when read, so a step whose logs nobody reads forces no host sync."""
+
+    def __init__(self, compute: Any) -> None:
+        self._compute = compute
+        self._values: dict[str, float] | None = None
+
+    def _read(self) -> dict[str, float]:
+        if self._values is None:
+            self._values = self._compute()
+        return self._values
+
+    def __getitem__(self, key: str) -> float:
+        return self._read()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._read())
+
+    def __len__(self) -> int:
+        return len(self._read())
+
+    def __repr__(self) -> str:
+        return f"LazyLogs({self._read()!r})"
+
+
+class Learner:
+    """Trains, evaluates and runs PyTorch models, Keras style, on Hugging Face Accelerate.
+
+    Args:
+        loss: a name (`"cross_entropy"`, `"mse"`, `"bce_with_logits"`, ...; see `fitorch.losses.LOSSES`),
+            an `nn.Module` or a callable `(outputs, targets) -> scalar`. None when the model returns
+            its own loss (`outputs.loss`, Hugging Face style).
+        optimizer: a name (`"adamw"`, `"adam"`, `"sgd"`, `"rmsprop"`, `"adagrad"`, ...), an optimizer
+            class, or a callable `model -> optimizer` (or a list of optimizers), the way to give
+            parameter groups their own learning rates.
+        lr: learning rate for a named optimizer or class.
+        weight_decay: weight decay for a named optimizer or class; None keeps the optimizer's default.
+        metrics: names (`"accuracy"`, `"top_k_accuracy"`, `"mae"`, `"mse"`), callables
+            `(outputs, targets) -> value`, or objects with `update/compute/reset`.
+        callbacks: callbacks used by every `fit`, `evaluate` and `predict` call of this learner.
+        mixed_precision: `"no"`, `"fp16"` or `"bf16"`; None takes the launcher's setting
+            (`accelerate launch --mixed_precision`), else `"no"`.
+        grad_accum_steps: micro-batches per optimizer step; None takes the launcher's setting, else 1.
+            A window's gradient is the mean over its samples, so a short last window is exact.
+        grad_clip: maximum global gradient norm, applied on every optimizer step after unscaling.
+        seed: seeds every RNG at the start of `fit` and the shuffling of loaders fitorch builds;
+            two fits with the same seed on the CPU give bit-identical weights.
+        cpu: train on the CPU even when a GPU is present.
+        verbose: 0 silent, 1 a progress bar per epoch, 2 one line per epoch.
+        run_dir: folder for the run's logs and checkpoints; None writes nothing to disk.
+        num_workers: loader workers when fitorch builds the loader; None chooses (0 for tensors).
+        hparams: user hyperparameters, recorded by the logging callbacks.
+        **optimizer_options: further keyword arguments for a named optimizer or class
+            (for example `momentum=0.9` for `"sgd"`).
+
+    The learner is also the state that callbacks read and change during a call:
+    `model` (the user's model, unwrapped), `prepared_model` (what Accelerate prepared, used for
+    forward passes), `optimizer` / `optimizers`, `loss_fn`, `accelerator`, `epoch` (0-based),
+    `epochs`, `global_step` (real optimizer steps since the start of training), `batch` (index
+    within the current phase), `outputs`, `loss`, `logs`, `stop_training`, `history`, `run_dir`,
+    `sync_gradients` (whether the current micro-batch ends an accumulation window), `num_batches`
+    (batches in the running phase, None when unknown), `fitting` (inside `fit`, validation included).
+
+    Example:
+        >>> learner = Learner(loss="cross_entropy", optimizer="adamw", lr=1e-3, metrics=["accuracy"])
+        >>> history = learner.fit(model, (x, y), epochs=3, validation_split=0.2)  # doctest: +SKIP
+        >>> history.history["val_accuracy"]  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        loss: Any = None,
+        optimizer: OptimizerSpec = "adamw",
+        lr: float = 1e-3,
+        weight_decay: float | None = None,
+        metrics: Sequence[Any] | None = None,
+        callbacks: Sequence[Callback] | None = None,
+        *,
+        mixed_precision: str | None = None,
+        grad_accum_steps: int | None = None,
+        grad_clip: float | None = None,
+        seed: int | None = None,
+        cpu: bool = False,
+        verbose: int = 1,
+        run_dir: str | os.PathLike | None = None,
+        num_workers: int | None = None,
+        hparams: Mapping[str, Any] | None = None,
+        **optimizer_options: Any,
+    ) -> None:
+        self.loss_fn, self.loss_name = resolve_loss(loss)
+        if not isinstance(optimizer, str) and not callable(optimizer):
+            raise TypeError(f"optimizer must be a name, an optimizer class or a callable, got {optimizer!r}.")
+        if isinstance(optimizer, str) or isinstance(optimizer, type):
+            optimizer_options = {"lr": _positive_float(lr, "lr"), **optimizer_options}
+            if weight_decay is not None:
+                optimizer_options["weight_decay"] = weight_decay
+        check_optimizer(optimizer, optimizer_options)
+        self.optimizer_spec, self.optimizer_options = optimizer, optimizer_options
+        self.metrics = resolve_metrics(metrics, self.loss_name)
+        self.callbacks = list(callbacks or [])
+        if mixed_precision is not None and mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {mixed_precision!r}.")
+        self.mixed_precision = mixed_precision
+        self.grad_accum_steps = _positive_int(grad_accum_steps, "grad_accum_steps") if grad_accum_steps else None
+        self.grad_clip = _positive_float(grad_clip, "grad_clip") if grad_clip is not None else None
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}.")
+        self.seed, self.cpu = seed, bool(cpu)
+        if verbose not in (0, 1, 2):
+            raise ValueError(
+                f"verbose must be 0 (silent), 1 (progress bar) or 2 (one line per epoch), got {verbose!r}."
+            )
+        self.verbose = verbose
+        self.run_dir = os.fspath(run_dir) if run_dir is not None else None
+        self.num_workers = num_workers
+        self.hparams = dict(hparams or {})
+
+        # State during and after a call (see the class docstring).
+        self.model: nn.Module | None = None
+        self.prepared_model: nn.Module | None = None
+        self.optimizers: list[torch.optim.Optimizer] = []
+        self.accelerator: Accelerator | None = None
+        self.history: Any = None
+        self.epoch, self.epochs, self.global_step, self.batch = 0, 0, 0, 0
+        self.outputs: Any = None
+        self.loss: torch.Tensor | None = None
+        self.logs: dict[str, Any] = {}
+        self.stop_training = False
+        self.num_batches: int | None = None
+        self.sync_gradients = True
+        self.fitting = False
+        self.event_callbacks: CallbackList | None = None
+        self._raw_optimizers: list[torch.optim.Optimizer] = []
+        self._optimizers_model: nn.Module | None = None
+        self._targets_checked = False
+        self._batch_samples = 0
+        self._window_samples = 0
+        self._shuffle_generator: torch.Generator | None = None
+        self._shuffle_seed = 0
+        self._skip_batches = 0
+        self._batches_done = 0
+        self._epoch_complete = False
+
+    # ------------------------------------------------------------------ public calls
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer | None:
+        """The first (usually only) optimizer, as prepared by Accelerate."""
+        return self.optimizers[0] if self.optimizers else None
+
+    @property
+    def is_main_process(self) -> bool:
+        """Whether this process is the one that prints, logs and writes files."""
+        return self.accelerator is None or self.accelerator.is_main_process
+
+    def fit(
+        self,
+        model: nn.Module,
+        data: DataLike,
+        epochs: int = 1,
+        *,
+        validation_data: DataLike | None = None,
+        validation_split: float = 0.0,
+        batch_size: int | None = None,
+        shuffle: bool | None = None,
+        callbacks: Sequence[Callback] | None = None,
+        initial_epoch: int = 0,
+        resume: str | os.PathLike | bool | None = None,
+    ) -> Any:
+        """Train `model` on `data` for `epochs` epochs and return the `History`.
+
+        Args:
+            model: the model; it is trained in place and also available as `learner.model`.
+            data: a DataLoader, a Dataset, or a tuple `(x, y)` / `(x1, x2, ..., y)` of tensors or arrays.
+            epochs: index of the last epoch to train (as in Keras: with `initial_epoch`, the total).
+            validation_data: data to evaluate at the end of every epoch, in the same forms as `data`.
+            validation_split: fraction of `data` (the last samples, before shuffling) kept for validation.
+            batch_size: batch size when fitorch builds the loader (default 32).
+            shuffle: shuffle each epoch when fitorch builds the loader (default True).
+            callbacks: extra callbacks for this call, after the learner's own.
+            initial_epoch: epoch to start at (to continue an earlier run).
+            resume: a checkpoint directory to continue from exactly (model, optimizer, counters,
+                RNG states and callback states), or True for the newest checkpoint under `run_dir`.
+
+        Returns:
+            The `fitorch.callbacks.History`: `history.history["val_loss"]` is a list, one value per epoch.
+
+        Raises:
+            ValueError, TypeError: bad arguments or data, before any training.
+        """
+        self._check_fit_arguments(model, epochs, initial_epoch, validation_split, validation_data)
+        self.accelerator = self._make_accelerator()
+        options = self._loader_options(batch_size, shuffle)
+        self._shuffle_seed = self.seed if self.seed is not None else int(torch.randint(2**31, ()).item())
+        self._shuffle_generator = options.generator = torch.Generator()
+        if validation_split:
+            dataset = to_dataset(data, "data")
+            if dataset is None:
+                raise ValueError("validation_split needs tensors or a Dataset, not a DataLoader; pass validation_data.")
+            data, validation_data = split_for_validation(dataset, validation_split)
+        train_loader = make_loader(data, "data", options, train=True)
+        eval_options = LoaderOptions(batch_size or None, None, options.num_workers, options.pin_memory)
+        val_loader = (
+            make_loader(validation_data, "validation_data", eval_options, train=False)
+            if (validation_data is not None)
+            else None
+        )
+        if self.seed is not None:
+            seed_everything(self.seed)
+        self._start_call(model, callbacks, training=True)
+        train_loader = self.accelerator.prepare(train_loader)
+        val_loader = self.accelerator.prepare(val_loader) if val_loader is not None else None
+        self.epochs, self.epoch, self.global_step, self.batch = epochs, initial_epoch, 0, 0
+        self.stop_training, self.fitting, self._skip_batches = False, True, 0
+        if resume:
+            from fitorch.checkpoint import resume_learner
+
+            resume_learner(self, resume)
+        self._fit_loop(train_loader, val_loader)
+        return self.history
+
+    def evaluate(
+        self,
+        model: nn.Module,
+        data: DataLike,
+        *,
+        batch_size: int | None = None,
+        callbacks: Sequence[Callback] | None = None,
+    ) -> dict[str, float]:
+        """Evaluate `model` on `data` and return the logs, e.g. `{"loss": 0.21, "accuracy": 0.93}`.
+
+        Fires `on_test_begin`, `on_test_batch_begin/end` and `on_test_end`. The values are exact
+        means over all samples (across every process under distributed evaluation).
+        """
+        self.accelerator = self._make_accelerator()
+        loader = make_loader(data, "data", self._loader_options(batch_size, None), train=False)
+        self._start_call(model, callbacks, training=False)
+        try:
+            return self._evaluate_loader(self.accelerator.prepare(loader))
+        finally:
+            self._end_call()
+
+    def predict(
+        self,
+        model: nn.Module,
+        data: DataLike,
+        *,
+        batch_size: int | None = None,
+        callbacks: Sequence[Callback] | None = None,
+    ) -> Any:
+        """Run `model` over `data` and return its outputs concatenated in dataset order, on the CPU.
+
+        `data` may be inputs alone (a tensor or array) or carry targets, which are ignored. Tuple
+        or dict outputs are concatenated element by element. Under several processes every process
+        gets the full result.
+        """
+        self.accelerator = self._make_accelerator()
+        loader = make_loader(data, "data", self._loader_options(batch_size, None), train=False)
+        self._start_call(model, callbacks, training=False)
+        try:
+            return self._predict_loader(self.accelerator.prepare(loader))
+        finally:
+            self._end_call()
+
+    # ------------------------------------------------------------------ steps users may override
+
+    def train_step(self, batch: Any) -> tuple[torch.Tensor, Any]:
+        """One training micro-batch: forward, loss, backward and, when `sync_gradients`, the optimizer step.
+
+        Override it to train several models or optimizers; call `self.backward(loss)` and
+        `self.optimizer_step(optimizer)` so that accumulation, clipping, mixed precision and the
+        events keep working.
+
+        Returns:
+            `(loss, outputs)`: the loss that was optimised and the outputs that metrics read.
+        """
+        inputs, targets = unpack_batch(batch)
+        outputs = call_model(self.prepared_model, inputs)
+        loss = self.compute_loss(outputs, targets)
+        self.backward(loss)
+        if self.sync_gradients:
+            self.optimizer_step(self.optimizer)
+        return loss, outputs
+
+    def test_step(self, batch: Any) -> tuple[torch.Tensor | None, Any]:
+        """One evaluation batch (gradients are off, the model in eval mode). Returns `(loss, outputs)`."""
+        inputs, targets = unpack_batch(batch)
+        outputs = call_model(self.prepared_model, inputs)
+        loss = self.compute_loss(outputs, targets) if targets is not None or self.loss_fn is None else None
+        return loss, outputs
+
+    def predict_step(self, batch: Any) -> Any:
+        """One prediction batch; returns what `predict` concatenates (`outputs.logits` for model outputs)."""
+        inputs, _ = unpack_batch(batch)
+        return model_predictions(call_model(self.prepared_model, inputs))
+
+    def compute_loss(self, outputs: Any, targets: Any) -> torch.Tensor:
+        """The loss for one batch: `loss_fn(outputs, targets)`, or the model's own `outputs.loss`."""
+        if self.loss_fn is None:
+            return loss_from_outputs(outputs)
+        if not self._targets_checked:
+            check_targets(self.loss_name, outputs, targets)
+            self._targets_checked = True
+        return self.loss_fn(outputs, targets)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backpropagate `loss` through Accelerate, firing `on_before_backward` and `on_after_backward`."""
+        self.event_callbacks.fire("on_before_backward", loss)
+        if self._accumulating:
+            # Each micro-batch adds its sample-weighted gradient; optimizer_step divides by the
+            # window's sample count, so a short last window weighs what it holds.
+            loss = loss * self._batch_samples
+        self.accelerator.backward(loss)
+        self.event_callbacks.fire("on_after_backward")
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Finish the gradients of `optimizer` (average, unscale, clip), fire `on_before_optimizer_step`, step, zero."""
+        optimizer = optimizer or self.optimizer
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if self._accumulating:
+            for param in params:
+                param.grad.div_(self._window_samples)
+        self.accelerator.unscale_gradients(optimizer)
+        if self.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        self.event_callbacks.fire("on_before_optimizer_step", optimizer)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    # ------------------------------------------------------------------ the loop
+
+    def _fit_loop(self, train_loader: DataLoader, val_loader: DataLoader | None) -> None:
+        callbacks, error = self.event_callbacks, None
+        try:
+            callbacks.fire("on_train_begin", self.logs)
+            for epoch in range(self.epoch, self.epochs):
+                self.epoch = epoch
+                self._run_epoch(train_loader, val_loader)
+                if self.stop_training:
+                    break
+        except BaseException as exception:
+            error = exception
+            callbacks.fire_exception(exception)
+            raise
+        finally:
+            try:
+                callbacks.fire("on_train_end", self.logs)
+            except Exception as end_error:
+                if error is None:
+                    raise
+                error.add_note(f"on_train_end also failed: {end_error!r}")
+            finally:
+                self.fitting = False
+                self._end_call()
+
+    def _run_epoch(self, train_loader: DataLoader, val_loader: DataLoader | None) -> None:
+        self.logs, self.num_batches = {}, _length(train_loader)
+        self._epoch_complete, self._batches_done = False, 0
+        self.event_callbacks.fire("on_epoch_begin", self.epoch, self.logs)
+        logs = self._train_epoch(train_loader)
+        if val_loader is not None:
+            logs.update({f"val_{key}": value for key, value in self._evaluate_loader(val_loader).items()})
+        logs.update(self.learning_rates())
+        self.logs, self._epoch_complete = logs, True
+        self.event_callbacks.fire("on_epoch_end", self.epoch, logs)
+        self.stop_training = self._any_process(self.stop_training)
+
+    def _train_epoch(self, loader: DataLoader) -> dict[str, float]:
+        callbacks, tracker = self.event_callbacks, self._train_tracker
+        tracker.reset()
+        running_logs = self._running_logs(tracker)
+        self._window_samples = 0
+        for index, batch in self._epoch_batches(loader):
+            self.batch = index
+            if not self.prepared_model.training:
+                self.prepared_model.train()  # validation or a callback may have switched to eval
+            callbacks.fire("on_train_batch_begin", self.batch, {})
+            targets = unpack_batch(batch)[1]
+            self._batch_samples = batch_length(targets if targets is not None else batch)
+            self._window_samples += self._batch_samples
+            self.sync_gradients = self._ends_window()
+            with self._gradient_sync():
+                self.loss, self.outputs = self.train_step(batch)
+            self._batches_done = self.batch + 1
+            if self.sync_gradients:
+                self.global_step += 1
+                self._window_samples = 0
+                callbacks.fire("on_optimizer_step")
+            self._track(tracker, self.loss, self.outputs, targets)
+            callbacks.fire("on_train_batch_end", self.batch, running_logs())
+            if self._any_process(self.stop_training):
+                self.stop_training = True
+                break
+        return tracker.results(**self._reduce_options())
+
+    def _evaluate_loader(self, loader: DataLoader) -> dict[str, float]:
+        callbacks, tracker = self.event_callbacks, self._test_tracker
+        tracker.reset()
+        running_logs = self._running_logs(tracker)
+        self.prepared_model.eval()
+        self.num_batches = _length(loader)
+        callbacks.fire("on_test_begin", {})
+        with torch.no_grad():
+            for self.batch, batch in enumerate(loader):
+                callbacks.fire("on_test_batch_begin", self.batch, {})
+                loss, outputs = self.test_step(batch)
+                self._track(tracker, loss, outputs, unpack_batch(batch)[1])
+                callbacks.fire("on_test_batch_end", self.batch, running_logs())
+        results = tracker.results(**self._reduce_options())
+        callbacks.fire("on_test_end", results)
+        return results
+
+    def _predict_loader(self, loader: DataLoader) -> Any:
+        callbacks, chunks = self.event_callbacks, []
+        self.prepared_model.eval()
+        self.num_batches = _length(loader)
+        callbacks.fire("on_predict_begin", {})
+        with torch.no_grad():
+            for self.batch, batch in enumerate(loader):
+                callbacks.fire("on_predict_batch_begin", self.batch, {})
+                outputs = self.predict_step(batch)
+                if self.accelerator.num_processes > 1:
+                    outputs = self.accelerator.gather_for_metrics(outputs)  # drops the sampler's padding
+                chunks.append(_to_cpu(outputs))
+                callbacks.fire("on_predict_batch_end", self.batch, {"outputs": outputs})
+        callbacks.fire("on_predict_end", {})
+        return concat_outputs(chunks) if chunks else None
+
+    # ------------------------------------------------------------------ helpers of the loop
+
+    def loop_state(self) -> dict[str, Any]:
+        """Where the loop stands, for checkpoints: the next epoch and batch to run, the step count, the shuffle seed."""
+        epoch, batch = (self.epoch + 1, 0) if self._epoch_complete else (self.epoch, self._batches_done)
+        return {"epoch": epoch, "batch": batch, "global_step": self.global_step, "shuffle_seed": self._shuffle_seed}
+
+    def load_loop_state(self, state: Mapping[str, Any]) -> None:
+        """Continue from a `loop_state()`: the next `fit` epoch starts there, skipping batches already trained."""
+        self.epoch, self._skip_batches = int(state["epoch"]), int(state["batch"])
+        self.global_step, self._shuffle_seed = int(state["global_step"]), int(state["shuffle_seed"])
+        self._epoch_complete = False
+
+    def learning_rates(self) -> dict[str, float]:
+        """Current learning rates: `lr` for the first parameter group, `lr_<i>` for the others."""
+        groups = [group for optimizer in self.optimizers for group in optimizer.param_groups]
+        return {("lr" if i == 0 else f"lr_{i}"): float(group["lr"]) for i, group in enumerate(groups)}
+
+    @property
+    def _accumulating(self) -> bool:
+        return self.grad_accum_steps > 1
+
+    def _ends_window(self) -> bool:
+        if not self._accumulating:
+            return True
+        return (self.batch + 1) % self.grad_accum_steps == 0 or self.accelerator.gradient_state.end_of_dataloader
+
+    def _gradient_sync(self) -> Any:
+        if self.sync_gradients or self.accelerator.num_processes == 1:
+            return nullcontext()
+        return self.accelerator.no_sync(self.prepared_model)  # skip the all-reduce inside a window
+
+    def _epoch_batches(self, loader: DataLoader) -> Iterator[tuple[int, Any]]:
+        if self._shuffle_generator is not None:
+            # A seed per epoch makes each epoch's order a pure function of (seed, epoch), so a
+            # resumed run draws exactly the order the uninterrupted run drew.
+            self._shuffle_generator.manual_seed(self._shuffle_seed + self.epoch)
+        skip, self._skip_batches = self._skip_batches, 0
+        if skip:
+            return enumerate(self.accelerator.skip_first_batches(loader, skip), start=skip)
+        return enumerate(loader)
+
+    def _track(self, tracker: Tracker, loss: torch.Tensor | None, outputs: Any, targets: Any) -> None:
+        predictions = model_predictions(outputs)
+        count = batch_length(targets if targets is not None else predictions)
+        valid = self._valid_samples(count)
+        if valid < count:  # the distributed sampler padded this batch with repeated samples
+            if valid == 0:
+                return
+            predictions, targets = predictions[:valid], targets[:valid] if targets is not None else None
+            if self.loss_fn is not None and targets is not None:
+                loss = self.loss_fn(predictions, targets)
+            count = valid
+        tracker.update(loss, predictions, targets, count)
+
+    def _valid_samples(self, count: int) -> int:
+        accelerator = self.accelerator
+        if accelerator.num_processes == 1:
+            return count
+        state = accelerator.gradient_state
+        if not state.end_of_dataloader or state.remainder <= 0:
+            return count
+        # Gathered in process order, the first `remainder` samples of the last batch are real.
+        return max(0, min(count, state.remainder - accelerator.process_index * count))
+
+    def _running_logs(self, tracker: Tracker) -> Any:
+        # Local values only: a collective here would hang when only the main process reads them.
+        return lambda: LazyLogs(tracker.results)
+
+    def _reduce_options(self) -> dict[str, Any]:
+        if self.accelerator.num_processes == 1:
+            return {}
+        return {"reduce": lambda tensor: self.accelerator.reduce(tensor, "sum"), "device": self.accelerator.device}
+
+    def _any_process(self, flag: bool) -> bool:
+        """Whether any process asks for `flag`; all processes must call this at the same point."""
+        if self.accelerator.num_processes == 1:
+            return flag
+        votes = torch.tensor([1.0 if flag else 0.0], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(votes, "sum").item() > 0)
+
+    # ------------------------------------------------------------------ set-up
+
+    def _make_accelerator(self) -> Accelerator:
+        mixed_precision = self.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+        if is_initialized():
+            state = AcceleratorState()
+            if state.mixed_precision != mixed_precision or (self.cpu and state.device.type != "cpu"):
+                # Accelerate keeps one global state per process; another learner of this process
+                # asked for other settings, so start it afresh (the process group is kept).
+                AcceleratorState._reset_state()
+        accelerator = Accelerator(mixed_precision=mixed_precision, cpu=self.cpu)
+        if self.grad_accum_steps is None:
+            launcher_steps = os.environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "1")
+            self.grad_accum_steps = int(launcher_steps)
+        return accelerator
+
+    def _loader_options(self, batch_size: int | None, shuffle: bool | None) -> LoaderOptions:
+        if batch_size is not None and (
+            not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1
+        ):
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+        if shuffle is not None and not isinstance(shuffle, bool):
+            raise TypeError(f"shuffle must be True, False or None, got {shuffle!r}.")
+        return LoaderOptions(
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.accelerator.device.type == "cuda",
+        )
+
+    def _start_call(self, model: nn.Module, callbacks: Sequence[Callback] | None, training: bool) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+        self.model = model
+        self._train_tracker = Tracker(self.metrics)
+        self._test_tracker = Tracker(copy.deepcopy(self.metrics))
+        self._targets_checked = False
+        if training:
+            if self._optimizers_model is not model:  # a new model gets new optimizers; the same one keeps its state
+                self._raw_optimizers = build_optimizers(self.optimizer_spec, model, self.optimizer_options)
+                self._optimizers_model = model
+            prepared = self.accelerator.prepare(model, *self._raw_optimizers)
+            self.prepared_model, self.optimizers = prepared[0], list(prepared[1:])
+        else:
+            self.prepared_model = self.accelerator.prepare_model(model, evaluation_mode=True)
+        self.event_callbacks = CallbackList(self._callbacks_for_call(callbacks, training), self)
+
+    def _callbacks_for_call(self, callbacks: Sequence[Callback] | None, training: bool) -> list[Callback]:
+        from fitorch.callbacks import History, ProgressBar  # built-ins import fitorch, so import them late
+
+        chosen = [*self.callbacks, *(callbacks or [])]
+        if training:
+            self.history = find_callback(chosen, History) or History()
+            if self.history not in chosen:
+                chosen.append(self.history)
+        if find_callback(chosen, ProgressBar) is None:
+            chosen.append(ProgressBar())
+        return chosen
+
+    def _end_call(self) -> None:
+        # Accelerate patched the model's forward for mixed precision; give the user back their model.
+        if self.prepared_model is not None:
+            self.accelerator.unwrap_model(self.prepared_model, keep_fp32_wrapper=False)
+
+    def _check_fit_arguments(
+        self, model: Any, epochs: Any, initial_epoch: Any, validation_split: Any, validation_data: Any
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+        _positive_int(epochs, "epochs")
+        if not isinstance(initial_epoch, int) or not 0 <= initial_epoch <= epochs:
+            raise ValueError(f"initial_epoch must be an int in [0, epochs={epochs}], got {initial_epoch!r}.")
+        if not isinstance(validation_split, (int, float)) or not 0 <= validation_split < 1:
+            raise ValueError(f"validation_split must be a fraction in [0, 1), got {validation_split!r}.")
+        if validation_split and validation_data is not None:
+            raise ValueError("Pass either validation_data or validation_split, not both.")
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}.")
+    return value
+
+
+def _positive_float(value: Any, name: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}.")
+    return float(value)
+
+
+def _length(loader: DataLoader) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:  # an iterable dataset without __len__
+        return None
+
+
+def _to_cpu(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, Mapping):
+        return {key: _to_cpu(item) for key, item in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to_cpu(item) for item in value)
+    return value

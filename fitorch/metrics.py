@@ -1,0 +1,287 @@
+"""Metrics with exact epoch values, and the tracker that aggregates loss and metrics over an epoch.
+
+Epoch values are means over samples, not over batches: a short last batch counts for what it
+holds. Running sums stay on the device, so nothing forces a host sync per step; values become
+Python floats only when someone reads them (the progress bar when it redraws, the epoch end).
+
+A metric is a name (`"accuracy"`, `"top_k_accuracy"`, `"mae"`, `"mse"`), a callable
+`(outputs, targets) -> tensor` (a per-batch mean, weighted by batch size), or any object with
+`update(outputs, targets)`, `compute()` and `reset()` (the torchmetrics protocol).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+
+@runtime_checkable
+class MetricProtocol(Protocol):
+    """What fitorch needs of a metric object (the torchmetrics protocol)."""
+
+    def update(self, outputs: Any, targets: Any) -> None: ...
+
+    def compute(self) -> Any: ...
+
+    def reset(self) -> None: ...
+
+
+def sum_dtype(device: torch.device) -> torch.dtype:
+    """Float64 for running sums, so long epochs lose no precision; MPS has no float64."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+class MeanMetric:
+    """A metric that is a mean of per-sample values: keeps a device-side sum and a host-side count.
+
+    Subclasses implement `values(outputs, targets)` returning one value per sample (or a scalar
+    sum and a count via `batch_sum`). Under several processes the learner all-reduces `total`
+    and `count` before `compute()`.
+    """
+
+    name = "mean"
+
+    def __init__(self) -> None:
+        self.total: torch.Tensor | None = None
+        self.count = 0
+
+    def batch_sum(self, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Return (sum of per-sample values, number of samples) for one batch."""
+        values = self.values(outputs, targets)
+        return values.sum(), values.numel()
+
+    def values(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per-sample values; subclasses override this or `batch_sum`."""
+        raise NotImplementedError
+
+    def update(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        """Add one batch."""
+        batch_total, batch_count = self.batch_sum(outputs, targets)
+        batch_total = batch_total.detach().to(sum_dtype(batch_total.device))
+        self.total = batch_total if self.total is None else self.total + batch_total
+        self.count += batch_count
+
+    def compute(self) -> torch.Tensor:
+        """The mean over every sample seen since the last reset (NaN before any)."""
+        if self.total is None or self.count == 0:
+            return torch.tensor(float("nan"))
+        return self.total / self.count
+
+    def reset(self) -> None:
+        """Forget every sample seen."""
+        self.total, self.count = None, 0
+
+
+class Accuracy(MeanMetric):
+    """Fraction of correct predictions.
+
+    Multi-class outputs `(N, C)` are compared by argmax with class-index or one-hot targets.
+    Binary outputs `(N,)` or `(N, 1)` are thresholded: logits at 0, probabilities at `threshold`.
+
+    Args:
+        threshold: decision threshold for probabilities in the binary case.
+        from_logits: whether binary outputs are logits. None lets the learner decide from the
+            loss (`"bce"` means probabilities; anything else, logits).
+    """
+
+    name = "accuracy"
+
+    def __init__(self, threshold: float = 0.5, from_logits: bool | None = None) -> None:
+        super().__init__()
+        self.threshold = threshold
+        self.from_logits = from_logits
+
+    def values(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if outputs.ndim >= 2 and outputs.shape[1] > 1:
+            predicted = outputs.argmax(dim=1)
+            if targets.shape == outputs.shape:  # one-hot or probability targets
+                targets = targets.argmax(dim=1)
+            return (predicted == targets).float()
+        threshold = 0.0 if self.from_logits in (None, True) else self.threshold
+        predicted = outputs.reshape(-1) > threshold
+        return (predicted == targets.reshape(-1).bool()).float()
+
+
+class TopKAccuracy(MeanMetric):
+    """Fraction of samples whose target is among the `k` highest scores (k is capped at the class count).
+
+    Args:
+        k: how many of the top classes count as a hit.
+    """
+
+    name = "top_k_accuracy"
+
+    def __init__(self, k: int = 5) -> None:
+        super().__init__()
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"TopKAccuracy: k must be a positive int, got {k!r}.")
+        self.k = k
+
+    def values(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if targets.shape == outputs.shape:
+            targets = targets.argmax(dim=1)
+        top = outputs.topk(min(self.k, outputs.shape[1]), dim=1).indices
+        return (top == targets.unsqueeze(1)).any(dim=1).float()
+
+
+class MeanAbsoluteError(MeanMetric):
+    """Mean absolute error over every element of every sample."""
+
+    name = "mae"
+
+    def batch_sum(self, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
+        difference = (
+            outputs.reshape(targets.shape) - targets if outputs.numel() == targets.numel() else outputs - targets
+        )
+        return difference.abs().sum(), difference.numel()
+
+
+class MeanSquaredError(MeanMetric):
+    """Mean squared error over every element of every sample."""
+
+    name = "mse"
+
+    def batch_sum(self, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
+        difference = (
+            outputs.reshape(targets.shape) - targets if outputs.numel() == targets.numel() else outputs - targets
+        )
+        return difference.square().sum(), difference.numel()
+
+
+class BatchMean(MeanMetric):
+    """Wraps a function `(outputs, targets) -> scalar` computed per batch, weighted by batch size.
+
+    Args:
+        fn: the function; its value is taken as the batch's mean.
+        name: the key in the logs (the function's name by default).
+    """
+
+    def __init__(self, fn: Callable[[Any, Any], Any], name: str | None = None) -> None:
+        super().__init__()
+        self.fn = fn
+        self.name = name or getattr(fn, "__name__", type(fn).__name__)
+
+    def batch_sum(self, outputs: Any, targets: Any) -> tuple[torch.Tensor, int]:
+        n = len(targets) if targets is not None else len(outputs)
+        value = torch.as_tensor(self.fn(outputs, targets))
+        return value.reshape(()) * n, n
+
+
+METRICS: dict[str, Callable[[], Any]] = {
+    "accuracy": Accuracy,
+    "acc": Accuracy,
+    "top_k_accuracy": TopKAccuracy,
+    "mae": MeanAbsoluteError,
+    "mse": MeanSquaredError,
+}
+
+
+def _snake_case(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def resolve_metrics(metrics: Sequence[Any] | None, loss_name: str | None = None) -> dict[str, Any]:
+    """Turn the `metrics` argument into `{log name: metric object}`.
+
+    Raises:
+        ValueError: an unknown metric name (the message lists the known ones), or two metrics with one name.
+        TypeError: an entry that is neither a name, a callable nor a metric object.
+    """
+    if metrics is None:
+        return {}
+    if isinstance(metrics, (str, Mapping)) or not isinstance(metrics, Sequence):
+        metrics = [metrics]
+    resolved: dict[str, Any] = {}
+    for metric in metrics:
+        if isinstance(metric, str):
+            if metric.lower() not in METRICS:
+                raise ValueError(
+                    f"Unknown metric {metric!r}. Known metrics: {', '.join(METRICS)}; "
+                    "or pass a callable (outputs, targets) -> value, or an object with update/compute/reset."
+                )
+            name, obj = ("accuracy" if metric.lower() == "acc" else metric.lower()), METRICS[metric.lower()]()
+        elif isinstance(metric, MetricProtocol):
+            obj = metric
+            name = getattr(metric, "name", None) or _snake_case(type(metric).__name__)
+        elif callable(metric):
+            obj = BatchMean(metric)
+            name = obj.name
+        else:
+            raise TypeError(
+                f"metrics entries must be names, callables or objects with update/compute/reset, got {metric!r}."
+            )
+        if isinstance(obj, Accuracy) and obj.from_logits is None:
+            obj.from_logits = loss_name != "bce"
+        if name in resolved or name == "loss":
+            raise ValueError(f"Two metrics would be logged as {name!r}; give one of them another name.")
+        resolved[name] = obj
+    return resolved
+
+
+class Tracker:
+    """Running loss and metrics over one phase of an epoch (training, validation or evaluation).
+
+    Args:
+        metrics: `{log name: metric}` as returned by `resolve_metrics`.
+    """
+
+    def __init__(self, metrics: Mapping[str, Any]) -> None:
+        self.metrics = dict(metrics)
+        self.loss_total: torch.Tensor | None = None
+        self.loss_count = 0
+
+    def reset(self) -> None:
+        """Start a new phase."""
+        self.loss_total, self.loss_count = None, 0
+        for metric in self.metrics.values():
+            metric.reset()
+
+    def update(self, loss: torch.Tensor | None, outputs: Any, targets: Any, count: int) -> None:
+        """Add one batch: `loss` is the batch mean over `count` samples."""
+        if loss is not None:
+            weighted = loss.detach().to(sum_dtype(loss.device)) * count
+            self.loss_total = weighted if self.loss_total is None else self.loss_total + weighted
+            self.loss_count += count
+        if targets is not None:
+            for metric in self.metrics.values():
+                metric.update(outputs, targets)
+
+    def results(
+        self, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, device: torch.device | None = None
+    ) -> dict[str, float]:
+        """The phase's values as Python floats (one host sync).
+
+        Args:
+            reduce: sums a tensor over all processes; given under distributed training so that
+                every process gets the global values from one collective call.
+            device: where to build the reduced tensor (the accelerator's device).
+        """
+        sums = {"loss": (self.loss_total, self.loss_count)}
+        sums.update({n: (m.total, m.count) for n, m in self.metrics.items() if isinstance(m, MeanMetric)})
+        if reduce is None:
+            sums = {name: pair for name, pair in sums.items() if pair[1] > 0}
+        values: dict[str, float] = {}
+        if sums:
+            device = device or next((t.device for t, _ in sums.values() if t is not None), torch.device("cpu"))
+            dtype = sum_dtype(device)
+            zero = torch.zeros((), dtype=dtype, device=device)
+            totals = torch.stack([zero if total is None else total.to(device, dtype) for total, _ in sums.values()])
+            counts = torch.tensor([float(count) for _, count in sums.values()], dtype=dtype, device=device)
+            if reduce is not None:
+                totals, counts = reduce(torch.stack([totals, counts])).unbind()
+            for name, total, count in zip(sums, totals.tolist(), counts.tolist()):
+                if count > 0:
+                    values[name] = total / count
+        for name, metric in self.metrics.items():
+            if not isinstance(metric, MeanMetric):
+                values[name] = _to_float(metric.compute())
+        return {name: values[name] for name in ["loss", *self.metrics] if name in values}
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, torch.Tensor):
+        return float(value.detach().float().mean()) if value.numel() > 1 else float(value)
+    return float(value)
