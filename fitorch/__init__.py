@@ -20,6 +20,7 @@ from fitorch.metrics import (
     MetricProtocol,
     TopKAccuracy,
 )
+from fitorch.monitor import Monitor
 from fitorch.optimizers import OPTIMIZERS
 from fitorch.seed import seed_everything
 
@@ -39,6 +40,7 @@ __all__ = [
     "MeanMetric",
     "MeanSquaredError",
     "MetricProtocol",
+    "Monitor",
     "TopKAccuracy",
     "seed_everything",
 ]
