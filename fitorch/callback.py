@@ -190,7 +190,7 @@ class CallbackList:
             try:
                 hook(*args)
             except BaseException as error:
-                _add_note(error, self._describe(hook, event))
+                _add_note(error, f"raised in {self._describe(hook, event)}")
                 raise
 
     def fire_exception(self, exception: BaseException) -> None:
@@ -199,12 +199,12 @@ class CallbackList:
             try:
                 hook(exception)
             except Exception as handler_error:  # the original failure is the one the user must see
-                _add_note(exception, f"{self._describe(hook, 'on_exception')} also failed: {handler_error!r}")
+                _add_note(exception, f"{self._describe(hook, 'on_exception')} failed while handling it: {handler_error!r}")
 
     def _describe(self, hook: Callable[..., Any], event: str) -> str:
         owner = getattr(hook, "__self__", None)
         name = type(owner).__name__ if owner is not None else getattr(hook, "__name__", "callback")
-        return f"raised in callback {name}.{event} (epoch {self.learner.epoch}, global step {self.learner.global_step})"
+        return f"callback {name}.{event} (epoch {self.learner.epoch}, global step {self.learner.global_step})"
 
 
 def _add_note(error: BaseException, note: str) -> None:

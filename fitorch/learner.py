@@ -28,6 +28,7 @@ from fitorch.data import (
     batch_length,
     call_model,
     concat_outputs,
+    is_tensor_data,
     make_loader,
     split_for_validation,
     to_dataset,
@@ -134,7 +135,7 @@ class Learner:
         if not isinstance(optimizer, str) and not callable(optimizer):
             raise TypeError(f"optimizer must be a name, an optimizer class or a callable, got {optimizer!r}.")
         if isinstance(optimizer, str) or isinstance(optimizer, type):
-            optimizer_options = {"lr": _positive_float(lr, "lr"), **optimizer_options}
+            optimizer_options = {"lr": _non_negative_float(lr, "lr"), **optimizer_options}
             if weight_decay is not None:
                 optimizer_options["weight_decay"] = weight_decay
         check_optimizer(optimizer, optimizer_options)
@@ -293,7 +294,8 @@ class Learner:
     ) -> Any:
         """Run `model` over `data` and return its outputs concatenated in dataset order, on the CPU.
 
-        `data` may be inputs alone (a tensor or array) or carry targets, which are ignored. Tuple
+        `data` may be inputs alone (a tensor, an array, or a tuple of them for a model with several
+        inputs), or a Dataset or DataLoader whose batches may carry targets, which are ignored. Tuple
         or dict outputs are concatenated element by element. Under several processes every process
         gets the full result.
         """
@@ -301,7 +303,7 @@ class Learner:
         loader = make_loader(data, "data", self._loader_options(batch_size, None), train=False)
         self._start_call(model, callbacks, training=False)
         try:
-            return self._predict_loader(self.accelerator.prepare(loader))
+            return self._predict_loader(self.accelerator.prepare(loader), inputs_only=is_tensor_data(data))
         finally:
             self._end_call()
 
@@ -453,7 +455,7 @@ class Learner:
         callbacks.fire("on_test_end", results)
         return results
 
-    def _predict_loader(self, loader: DataLoader) -> Any:
+    def _predict_loader(self, loader: DataLoader, inputs_only: bool) -> Any:
         callbacks, chunks = self.event_callbacks, []
         self.prepared_model.eval()
         self.num_batches = _length(loader)
@@ -461,6 +463,8 @@ class Learner:
         with torch.no_grad():
             for self.batch, batch in enumerate(loader):
                 callbacks.fire("on_predict_batch_begin", self.batch, {})
+                if inputs_only:  # predict(model, (x1, x2)): every tensor is an input, none is a target
+                    batch = (*batch, None)
                 outputs = self.predict_step(batch)
                 if self.accelerator.num_processes > 1:
                     outputs = self.accelerator.gather_for_metrics(outputs)  # drops the sampler's padding
@@ -645,6 +649,12 @@ def _length(loader: DataLoader) -> int | None:
         return len(loader)
     except TypeError:  # an iterable dataset without __len__
         return None
+
+
+def _non_negative_float(value: Any, name: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}.")
+    return float(value)
 
 
 def _to_cpu(value: Any) -> Any:

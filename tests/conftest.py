@@ -1,0 +1,66 @@
+"""Shared fixtures: tiny synthetic data and models, so every test trains something real in milliseconds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from fitorch import Callback
+
+
+def make_classification(n: int = 64, features: int = 8, classes: int = 3, seed: int = 0):
+    """Linearly separable-ish data: the class is the argmax of a fixed random projection."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, features, generator=generator)
+    projection = torch.randn(features, classes, generator=generator)
+    return x, (x @ projection).argmax(dim=1)
+
+
+def make_mlp(features: int = 8, classes: int = 3, hidden: int = 16, dropout: float = 0.0, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    layers = [nn.Linear(features, hidden), nn.ReLU()]
+    if dropout:
+        layers.append(nn.Dropout(dropout))
+    layers.append(nn.Linear(hidden, classes))
+    return nn.Sequential(*layers)
+
+
+class Recorder(Callback):
+    """Records every event it receives, in order, with its first argument where that is an index."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def _record(self, name, *args):
+        self.events.append(name if not args or not isinstance(args[0], int) else f"{name}({args[0]})")
+
+    def on_train_begin(self, logs): self._record("on_train_begin")  # noqa: E704
+    def on_train_end(self, logs): self._record("on_train_end")  # noqa: E704
+    def on_epoch_begin(self, epoch, logs): self._record("on_epoch_begin", epoch)  # noqa: E704
+    def on_epoch_end(self, epoch, logs): self._record("on_epoch_end", epoch)  # noqa: E704
+    def on_train_batch_begin(self, batch, logs): self._record("on_train_batch_begin", batch)  # noqa: E704
+    def on_train_batch_end(self, batch, logs): self._record("on_train_batch_end", batch)  # noqa: E704
+    def on_before_backward(self, loss): self._record("on_before_backward")  # noqa: E704
+    def on_after_backward(self): self._record("on_after_backward")  # noqa: E704
+    def on_before_optimizer_step(self, optimizer): self._record("on_before_optimizer_step")  # noqa: E704
+    def on_optimizer_step(self): self._record("on_optimizer_step")  # noqa: E704
+    def on_test_begin(self, logs): self._record("on_test_begin")  # noqa: E704
+    def on_test_end(self, logs): self._record("on_test_end")  # noqa: E704
+    def on_test_batch_begin(self, batch, logs): self._record("on_test_batch_begin", batch)  # noqa: E704
+    def on_test_batch_end(self, batch, logs): self._record("on_test_batch_end", batch)  # noqa: E704
+    def on_predict_begin(self, logs): self._record("on_predict_begin")  # noqa: E704
+    def on_predict_end(self, logs): self._record("on_predict_end")  # noqa: E704
+    def on_predict_batch_begin(self, batch, logs): self._record("on_predict_batch_begin", batch)  # noqa: E704
+    def on_predict_batch_end(self, batch, logs): self._record("on_predict_batch_end", batch)  # noqa: E704
+    def on_exception(self, exception): self._record("on_exception")  # noqa: E704
+
+
+@pytest.fixture
+def data():
+    return make_classification()
+
+
+@pytest.fixture
+def recorder():
+    return Recorder()

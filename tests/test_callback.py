@@ -1,0 +1,135 @@
+"""The callback protocol: definition-time checks, error notes, on_exception and on_train_end, dispatch."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from conftest import Recorder, make_classification, make_mlp
+
+from fitorch import EVENTS, Callback, Learner
+from fitorch.callbacks import LambdaCallback, ProgressBar
+
+
+def test_misspelled_hook_fails_at_class_definition_with_a_suggestion():
+    with pytest.raises(TypeError, match=r"Typo.on_epoch_ends is not a fitorch event.*Did you mean 'on_epoch_end'\?"):
+
+        class Typo(Callback):
+            def on_epoch_ends(self, epoch, logs):
+                pass
+
+
+def test_hook_error_carries_callback_event_epoch_and_step_and_propagates_unchanged():
+    x, y = make_classification(n=16)
+
+    class Boom(Callback):
+        def on_train_batch_end(self, batch, logs):
+            if self.learner.global_step == 3:
+                raise RuntimeError("boom")
+
+    recorder = Recorder()
+    with pytest.raises(RuntimeError) as error:
+        Learner(loss="cross_entropy", verbose=0).fit(make_mlp(), (x, y), epochs=3, batch_size=8, callbacks=[Boom(), recorder])
+    assert str(error.value) == "boom"
+    assert "raised in callback Boom.on_train_batch_end (epoch 1, global step 3)" in error.value.__notes__
+    assert recorder.events[-2:] == ["on_exception", "on_train_end"]
+
+
+def test_on_train_end_runs_when_the_model_fails_and_on_exception_sees_the_error():
+    x, y = make_classification(n=8)
+    seen = []
+    failing = make_mlp(features=5)  # the data has 8 features: the forward pass fails
+    callback = LambdaCallback(on_exception=lambda error: seen.append(type(error)), on_train_end=lambda logs: seen.append("end"))
+    with pytest.raises(RuntimeError):
+        Learner(loss="cross_entropy", verbose=0).fit(failing, (x, y), callbacks=[callback])
+    assert seen == [RuntimeError, "end"]
+
+
+def test_a_failing_on_exception_handler_does_not_mask_the_original_error():
+    x, y = make_classification(n=8)
+
+    class BadHandler(Callback):
+        def on_exception(self, exception):
+            raise KeyError("handler bug")
+
+    with pytest.raises(RuntimeError) as error:
+        Learner(loss="cross_entropy", verbose=0).fit(make_mlp(features=5), (x, y), callbacks=[BadHandler()])
+    assert any("BadHandler.on_exception (epoch 0, global step 0) failed while handling it: KeyError" in note for note in error.value.__notes__)
+
+
+def test_callbacks_see_learner_and_model_before_train_begin():
+    x, y = make_classification(n=8)
+    model = make_mlp()
+    seen = {}
+
+    class Look(Callback):
+        def on_train_begin(self, logs):
+            seen["learner"], seen["model"] = self.learner, self.model
+
+    learner = Learner(loss="cross_entropy", verbose=0)
+    learner.fit(model, (x, y), callbacks=[Look()])
+    assert seen == {"learner": learner, "model": model}
+
+
+def test_callbacks_run_in_the_order_given_with_learner_callbacks_first():
+    x, y = make_classification(n=8)
+    order = []
+    first = LambdaCallback(on_epoch_end=lambda epoch, logs: order.append("learner"))
+    second = LambdaCallback(on_epoch_end=lambda epoch, logs: order.append("fit"))
+    Learner(loss="cross_entropy", callbacks=[first], verbose=0).fit(make_mlp(), (x, y), callbacks=[second])
+    assert order == ["learner", "fit"]
+
+
+def test_lambda_callback_rejects_unknown_events():
+    with pytest.raises(TypeError, match="'on_epoch_ending' is not an event"):
+        LambdaCallback(on_epoch_ending=print)
+
+
+def test_non_callback_objects_are_rejected():
+    x, y = make_classification(n=8)
+    with pytest.raises(TypeError, match="callbacks must be fitorch.Callback instances, got builtin_function_or_method"):
+        Learner(loss="cross_entropy", verbose=0).fit(make_mlp(), (x, y), callbacks=[print])
+
+
+def test_state_dict_defaults_to_empty():
+    callback = Callback()
+    assert callback.state_dict() == {}
+    callback.load_state_dict({})
+
+
+def test_every_event_is_a_documented_method_of_callback():
+    for event in EVENTS:
+        assert getattr(Callback, event).__doc__, event
+
+
+def test_progress_bar_verbose_1_shows_epochs_with_loss_and_metrics():
+    x, y = make_classification(n=32)
+    stream = io.StringIO()
+    learner = Learner(loss="cross_entropy", metrics=["accuracy"], verbose=1)
+    learner.fit(make_mlp(), (x, y), epochs=2, validation_data=(x, y), callbacks=[ProgressBar(file=stream)])
+    text = stream.getvalue()
+    assert "Epoch 1/2" in text and "Epoch 2/2" in text
+    assert "val_accuracy: " in text and "loss: " in text
+
+
+def test_progress_bar_verbose_2_prints_one_line_per_epoch_and_verbose_0_nothing():
+    x, y = make_classification(n=32)
+    stream = io.StringIO()
+    Learner(loss="cross_entropy", verbose=2).fit(make_mlp(), (x, y), epochs=3, callbacks=[ProgressBar(file=stream)])
+    lines = stream.getvalue().strip().splitlines()
+    assert [line.split(" - ")[0] for line in lines] == ["Epoch 1/3", "Epoch 2/3", "Epoch 3/3"]
+    silent = io.StringIO()
+    Learner(loss="cross_entropy", verbose=0).fit(make_mlp(), (x, y), epochs=2, callbacks=[ProgressBar(file=silent)])
+    assert silent.getvalue() == ""
+
+
+def test_batch_logs_are_not_computed_when_nobody_reads_them(monkeypatch):
+    """Running values stay on the device: without a reader there is no per-step host sync."""
+    from fitorch.metrics import Tracker
+
+    calls = []
+    original = Tracker.results
+    monkeypatch.setattr(Tracker, "results", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    x, y = make_classification(n=64)
+    Learner(loss="cross_entropy", metrics=["accuracy"], verbose=0).fit(make_mlp(), (x, y), epochs=2, batch_size=4)
+    assert len(calls) == 2  # once per epoch end, never per batch

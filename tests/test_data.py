@@ -1,0 +1,218 @@
+"""Every accepted form of data and batch, and the errors for data that cannot work."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_classification, make_mlp
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
+
+from fitorch import Learner
+
+
+def quiet(**kwargs):
+    return Learner(loss="cross_entropy", metrics=["accuracy"], verbose=0, **kwargs)
+
+
+def test_numpy_arrays_float64_are_cast_to_float32(data):
+    x, y = data
+    history = quiet().fit(make_mlp(), (x.double().numpy(), y.numpy()), epochs=1)
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_dataloader_dataset_and_iterable_dataset(data):
+    x, y = data
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            return iter(zip(x, y))
+
+    for train in [DataLoader(TensorDataset(x, y), batch_size=16), TensorDataset(x, y), Stream()]:
+        history = quiet().fit(make_mlp(), train, epochs=2, validation_data=TensorDataset(x, y))
+        assert len(history.history["val_accuracy"]) == 2
+
+
+def test_several_inputs_reach_the_model_positionally():
+    x, y = make_classification(n=16)
+
+    class TwoInputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.left, self.right = nn.Linear(4, 3), nn.Linear(4, 3)
+
+        def forward(self, a, b):
+            return self.left(a) + self.right(b)
+
+    learner = quiet()
+    learner.fit(TwoInputs(), (x[:, :4], x[:, 4:], y), epochs=1)
+    assert learner.predict(TwoInputs(), (x[:, :4], x[:, 4:])).shape == (16, 3)
+
+
+class DictDataset(Dataset):
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"features": self.x[i], "labels": self.y[i]}
+
+
+class HuggingFaceStyle(nn.Module):
+    """Returns an object with .loss and .logits, as transformers models do."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = make_mlp()
+
+    def forward(self, features, labels=None):
+        logits = self.net(features)
+        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return type("Output", (), {"loss": loss, "logits": logits})()
+
+
+def test_dict_batches_use_the_models_own_loss_and_logits(data):
+    x, y = data
+    learner = Learner(metrics=["accuracy"], verbose=0)
+    history = learner.fit(HuggingFaceStyle(), DictDataset(x, y), epochs=3, validation_data=DictDataset(x, y))
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    assert 0 <= history.history["val_accuracy"][-1] <= 1
+    predictions = learner.predict(learner.model, DictDataset(x, y))
+    assert predictions.shape == (len(x), 3)
+
+
+def test_predict_returns_outputs_in_dataset_order_on_cpu(data):
+    x, _ = data
+    model = make_mlp()
+    predictions = quiet().predict(model, x, batch_size=5)
+    assert predictions.device.type == "cpu"
+    with torch.no_grad():
+        torch.testing.assert_close(predictions, model(x))
+
+
+def test_predict_keeps_tuple_outputs():
+    x, _ = make_classification(n=10)
+
+    class Pair(nn.Module):
+        def forward(self, inputs):
+            return inputs.sum(1), inputs * 2
+
+    sums, doubled = quiet().predict(Pair(), x, batch_size=3)
+    torch.testing.assert_close(sums, x.sum(1))
+    torch.testing.assert_close(doubled, x * 2)
+
+
+def test_evaluate_returns_logs_without_prefix(data):
+    x, y = data
+    logs = quiet().evaluate(make_mlp(), (x, y))
+    assert set(logs) == {"loss", "accuracy"}
+
+
+def test_binary_accuracy_with_logits_and_probabilities():
+    x = torch.randn(40, 8)
+    y = (x[:, 0] > 0).float().unsqueeze(1)
+    logits = nn.Linear(8, 1)
+    with torch.no_grad():
+        expected = float(((logits(x) > 0).float() == y).float().mean())
+    logs = Learner(loss="bce_with_logits", metrics=["accuracy"], verbose=0).evaluate(logits, (x, y))
+    assert logs["accuracy"] == pytest.approx(expected)
+    probabilities = nn.Sequential(logits, nn.Sigmoid())
+    logs = Learner(loss="bce", metrics=["accuracy"], verbose=0).evaluate(probabilities, (x, y))
+    assert logs["accuracy"] == pytest.approx(expected)
+
+
+def test_callable_and_protocol_metrics():
+    x, y = make_classification(n=10)
+
+    def error_rate(outputs, targets):
+        return (outputs.argmax(1) != targets).float().mean()
+
+    class Count:
+        name = "samples"
+
+        def reset(self):
+            self.n = 0
+
+        def update(self, outputs, targets):
+            self.n += len(targets)
+
+        def compute(self):
+            return self.n
+
+    logs = Learner(loss="cross_entropy", metrics=["accuracy", error_rate, Count()], verbose=0).evaluate(
+        make_mlp(), (x, y), batch_size=4
+    )
+    assert logs["error_rate"] == pytest.approx(1 - logs["accuracy"])  # batch means weighted by batch size
+    assert logs["samples"] == 10
+
+
+# ---------------------------------------------------------------- errors before any training
+
+
+def untrained_check(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"loss": "crossentropy"}, "Unknown loss 'crossentropy'. Known losses: bce,"),
+        ({"loss": "cross_entropy", "optimizer": "adamm"}, "Unknown optimizer 'adamm'. Known optimizers: adamw,"),
+        ({"loss": "cross_entropy", "metrics": ["acuracy"]}, "Unknown metric 'acuracy'. Known metrics: accuracy,"),
+        ({"loss": "cross_entropy", "optimizer": "sgd", "momentun": 0.9}, "SGD takes no option 'momentun'. Did you mean 'momentum'?"),
+        ({"loss": "cross_entropy", "mixed_precision": "fp8"}, "mixed_precision must be one of"),
+        ({"loss": "cross_entropy", "verbose": 3}, "verbose must be 0"),
+        ({"loss": "cross_entropy", "grad_clip": -1}, "grad_clip must be a positive number, got -1"),
+    ],
+)
+def test_bad_learner_arguments_fail_at_construction(kwargs, message):
+    with pytest.raises((ValueError, TypeError)) as error:
+        Learner(**kwargs)
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda m, x, y: quiet().fit(m, (x, y), epochs=0), "epochs must be a positive int, got 0"),
+        (lambda m, x, y: quiet().fit(m, (x, y[:-1])), "data: every array must hold the same number of samples, got x: 64, y: 63"),
+        (lambda m, x, y: quiet().fit(m, (x[:0], y[:0])), "data holds no samples"),
+        (lambda m, x, y: quiet().fit(m, TensorDataset(x[:0], y[:0])), "data holds no samples"),
+        (lambda m, x, y: quiet().fit(m, (x, y), validation_split=1.0), "validation_split must be a fraction in [0, 1), got 1.0"),
+        (lambda m, x, y: quiet().fit(m, (x, y), validation_split=-0.1), "validation_split must be a fraction in [0, 1), got -0.1"),
+        (lambda m, x, y: quiet().fit(m, (x, y), batch_size=0), "batch_size must be a positive int, got 0"),
+        (lambda m, x, y: quiet().fit(m, [1, 2, 3]), "data must be a DataLoader, a Dataset, or a tuple"),
+        (lambda m, x, y: quiet().fit(m, DataLoader(TensorDataset(x, y)), batch_size=8), "set them when you build the DataLoader"),
+        (lambda m, x, y: quiet().fit(m, (x, y.float())), "needs class indices as integers (int64) of shape (32,)"),
+        (lambda m, x, y: quiet().fit(m, (x, y.unsqueeze(1))), "Fix: use y.squeeze(1)"),
+        (lambda m, x, y: quiet().fit(m, (x, y + 5)), "class indices must lie in [0, 2] for 3 outputs, got values from 5 to 7"),
+        (lambda m, x, y: quiet().fit("model", (x, y)), "model must be a torch.nn.Module, got str"),
+    ],
+)
+def test_bad_fit_input_fails_clearly_before_any_training(data, call, message):
+    x, y = data
+    model = make_mlp()
+    before = untrained_check(model)
+    with pytest.raises((ValueError, TypeError)) as error:
+        call(model, x, y)
+    assert message in str(error.value)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), "no optimizer step may happen before the error"
+
+
+def test_regression_shape_mismatch_is_caught_instead_of_broadcasting():
+    x = torch.randn(16, 4)
+    y = torch.randn(16)  # model outputs (16, 1): mse would silently broadcast to (16, 16)
+    with pytest.raises(ValueError, match=r"targets of the same shape as the outputs.*y.reshape"):
+        Learner(loss="mse", verbose=0).fit(nn.Linear(4, 1), (x, y))
+    with pytest.raises(TypeError, match="floating-point targets.*y.float()"):
+        Learner(loss="bce_with_logits", verbose=0).fit(nn.Linear(4, 1), (x, (y > 0).long().unsqueeze(1)))
+
+
+def test_model_without_loss_and_no_loss_given():
+    x, y = make_classification(n=8)
+    with pytest.raises(ValueError, match="No loss was given to Learner"):
+        Learner(verbose=0).fit(make_mlp(), (x, y))

@@ -1,0 +1,368 @@
+"""The training loop against oracles: event order, plain-PyTorch parity, accumulation, precision, clipping."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import Recorder, make_classification, make_mlp
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from fitorch import Callback, Learner
+from fitorch.callbacks import History
+
+
+def test_event_order_two_epochs_two_batches_with_validation(recorder):
+    x, y = make_classification(n=8)
+    learner = Learner(loss="cross_entropy", optimizer="sgd", lr=0.1, verbose=0)
+    learner.fit(make_mlp(), (x, y), epochs=2, batch_size=4, validation_data=(x[:4], y[:4]), callbacks=[recorder])
+
+    def train_batch(i):
+        return [
+            f"on_train_batch_begin({i})",
+            "on_before_backward",
+            "on_after_backward",
+            "on_before_optimizer_step",
+            "on_optimizer_step",
+            f"on_train_batch_end({i})",
+        ]
+
+    def epoch(e):
+        return [
+            f"on_epoch_begin({e})",
+            *train_batch(0),
+            *train_batch(1),
+            "on_test_begin",
+            "on_test_batch_begin(0)",
+            "on_test_batch_end(0)",
+            "on_test_end",
+            f"on_epoch_end({e})",
+        ]
+
+    assert recorder.events == ["on_train_begin", *epoch(0), *epoch(1), "on_train_end"]
+
+
+def test_evaluate_and_predict_fire_their_events(data, recorder):
+    x, y = data
+    learner = Learner(loss="cross_entropy", verbose=0)
+    learner.evaluate(make_mlp(), (x[:6], y[:6]), batch_size=4, callbacks=[recorder])
+    learner.predict(make_mlp(), x[:6], batch_size=4, callbacks=[recorder])
+    assert recorder.events == [
+        "on_test_begin",
+        "on_test_batch_begin(0)",
+        "on_test_batch_end(0)",
+        "on_test_batch_begin(1)",
+        "on_test_batch_end(1)",
+        "on_test_end",
+        "on_predict_begin",
+        "on_predict_batch_begin(0)",
+        "on_predict_batch_end(0)",
+        "on_predict_batch_begin(1)",
+        "on_predict_batch_end(1)",
+        "on_predict_end",
+    ]
+
+
+def hand_written_sgd(model, x, y, batch_size, epochs, lr, momentum=0.0):
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    for _ in range(epochs):
+        for start in range(0, len(x), batch_size):
+            optimizer.zero_grad()
+            F.cross_entropy(model(x[start : start + batch_size]), y[start : start + batch_size]).backward()
+            optimizer.step()
+    return model
+
+
+def test_sgd_fit_equals_hand_written_loop(data):
+    x, y = data
+    reference = hand_written_sgd(make_mlp(), x, y, batch_size=10, epochs=3, lr=0.1, momentum=0.9)
+    model = make_mlp()
+    Learner(loss="cross_entropy", optimizer="sgd", lr=0.1, momentum=0.9, verbose=0).fit(
+        model, (x, y), epochs=3, batch_size=10, shuffle=False
+    )
+    for ours, theirs in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize(("accum", "micro", "big"), [(4, 8, 32), (2, 10, 20)])
+def test_gradient_accumulation_equals_big_batch_short_windows_included(accum, micro, big):
+    # 36 samples: windows of 32 + 4 (the last window holds one micro-batch of 4 out of 4 slots),
+    # and 20 + 16 (the last window holds 10 + 6 samples, weighted by samples).
+    x, y = make_classification(n=36)
+    reference = make_mlp()
+    Learner(loss="cross_entropy", optimizer="sgd", lr=0.5, verbose=0).fit(
+        reference, (x, y), epochs=1, batch_size=big, shuffle=False
+    )
+    model = make_mlp()
+    Learner(loss="cross_entropy", optimizer="sgd", lr=0.5, grad_accum_steps=accum, verbose=0).fit(
+        model, (x, y), epochs=1, batch_size=micro, shuffle=False
+    )
+    for ours, theirs in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+
+
+def test_accumulation_steps_optimizer_once_per_window(data, recorder):
+    x, y = make_classification(n=36)
+    learner = Learner(loss="cross_entropy", grad_accum_steps=4, verbose=0)
+    learner.fit(make_mlp(), (x, y), epochs=2, batch_size=8, callbacks=[recorder])
+    assert recorder.events.count("on_optimizer_step") == 4  # windows of 4 + 1 micro-batches, twice
+    assert recorder.events.count("on_before_backward") == 10
+    assert learner.global_step == 4
+
+
+def test_bf16_mixed_precision_trains_on_cpu(data):
+    x, y = data
+    model = make_mlp()
+    seen = []
+    model[0].register_forward_hook(lambda module, args, output: seen.append(output.dtype))
+    before = copy.deepcopy(model.state_dict())
+    learner = Learner(loss="cross_entropy", lr=1e-2, mixed_precision="bf16", cpu=True, verbose=0)
+    history = learner.fit(model, (x, y), epochs=5, batch_size=16)
+    assert torch.bfloat16 in seen
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    assert not torch.equal(before["0.weight"], model.state_dict()["0.weight"])
+    # After fit the model's forward is the user's again: no autocast left behind.
+    seen.clear()
+    model(x[:2])
+    assert seen == [torch.float32]
+
+
+class GradNorm(Callback):
+    def __init__(self):
+        self.norms = []
+
+    def on_before_optimizer_step(self, optimizer):
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        self.norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+
+
+def test_grad_clip_bounds_the_norm_seen_before_the_step(data):
+    x, y = data
+    y = y * 0  # a single class with a big learning signal makes large gradients
+    unclipped, clipped = GradNorm(), GradNorm()
+    Learner(loss="cross_entropy", lr=1.0, optimizer="sgd", verbose=0).fit(
+        make_mlp(), (x * 50, y), epochs=1, batch_size=16, callbacks=[unclipped]
+    )
+    Learner(loss="cross_entropy", lr=1.0, optimizer="sgd", grad_clip=0.5, verbose=0).fit(
+        make_mlp(), (x * 50, y), epochs=1, batch_size=16, callbacks=[clipped]
+    )
+    assert max(unclipped.norms) > 0.5
+    assert max(clipped.norms) <= 0.5 + 1e-5
+
+
+class OutputsCollector(Callback):
+    def __init__(self):
+        self.correct = 0
+        self.seen = 0
+
+    def on_train_batch_begin(self, batch, logs):
+        self.weights = copy.deepcopy(self.learner.model.state_dict())
+
+    def on_train_batch_end(self, batch, logs):
+        # learner.outputs are the outputs the loss was computed on
+        x, y = self.batches[batch]
+        self.correct += int((self.learner.outputs.argmax(1) == y).sum())
+        self.seen += len(y)
+
+
+def test_epoch_accuracy_is_exact_over_samples_with_a_short_last_batch():
+    x, y = make_classification(n=10)
+    collector = OutputsCollector()
+    collector.batches = [(x[i : i + 4], y[i : i + 4]) for i in range(0, 10, 4)]  # 4 + 4 + 2
+    learner = Learner(loss="cross_entropy", optimizer="sgd", lr=0.5, metrics=["accuracy"], verbose=0)
+    history = learner.fit(make_mlp(), (x, y), epochs=1, batch_size=4, shuffle=False, callbacks=[collector])
+    assert collector.seen == 10
+    assert history.history["accuracy"][0] == pytest.approx(collector.correct / 10, abs=1e-12)
+
+    model = make_mlp(seed=3)
+    logs = Learner(loss="cross_entropy", metrics=["accuracy"], verbose=0).evaluate(model, (x, y), batch_size=4)
+    with torch.no_grad():
+        outputs = model(x)
+    assert logs["accuracy"] == pytest.approx(float((outputs.argmax(1) == y).float().mean()), abs=1e-12)
+    assert logs["loss"] == pytest.approx(float(F.cross_entropy(outputs, y)), abs=1e-6)
+
+
+class ModeProbe(nn.Module):
+    """Records (training flag, grad enabled) at every forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = make_mlp()
+        self.calls = []
+
+    def forward(self, x):
+        self.calls.append((self.training, torch.is_grad_enabled()))
+        return self.inner(x)
+
+
+def test_train_mode_restored_after_validation_and_evaluation_without_gradients(data):
+    x, y = make_classification(n=8)
+    model = ModeProbe()
+    Learner(loss="cross_entropy", verbose=0).fit(model, (x, y), epochs=2, batch_size=4, validation_data=(x, y))
+    # per epoch: 2 training batches, then 2 validation batches (validation uses the same batch size)
+    assert model.calls == [(True, True)] * 2 + [(False, False)] * 2 + [(True, True)] * 2 + [(False, False)] * 2
+    model.calls.clear()
+    Learner(loss="cross_entropy", verbose=0).evaluate(model, (x, y))
+    assert model.calls == [(False, False)]
+
+
+def test_validation_split_takes_the_last_fraction_before_shuffling():
+    x, y = make_classification(n=20)
+    seen = []
+
+    class Probe(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = make_mlp()
+
+        def forward(self, inputs):
+            if not self.training:
+                seen.append(inputs.clone())
+            return self.inner(inputs)
+
+    Learner(loss="cross_entropy", verbose=0).fit(Probe(), (x, y), epochs=1, validation_split=0.25)
+    torch.testing.assert_close(torch.cat(seen), x[15:])
+
+
+def test_seeded_fits_are_bit_identical_with_shuffle_and_dropout(data):
+    x, y = data
+
+    def run():
+        model = make_mlp(dropout=0.5)
+        Learner(loss="cross_entropy", seed=7, verbose=0).fit(model, (x, y), epochs=3, batch_size=8)
+        return model.state_dict()
+
+    first, second = run(), run()
+    for key in first:
+        assert torch.equal(first[key], second[key]), key
+    unseeded = make_mlp(dropout=0.5)
+    Learner(loss="cross_entropy", seed=8, verbose=0).fit(unseeded, (x, y), epochs=3, batch_size=8)
+    assert not torch.equal(unseeded.state_dict()["0.weight"], first["0.weight"])
+
+
+def test_model_passed_in_holds_the_trained_weights_and_learner_model_is_it(data):
+    x, y = data
+    model = make_mlp()
+    before = model[0].weight.detach().clone()
+    learner = Learner(loss="cross_entropy", verbose=0)
+    learner.fit(model, (x, y), epochs=1)
+    assert learner.model is model
+    assert not torch.equal(before, model[0].weight)
+
+
+def test_history_records_one_value_per_epoch(data):
+    x, y = data
+    learner = Learner(loss="cross_entropy", metrics=["accuracy", "top_k_accuracy"], verbose=0)
+    history = learner.fit(make_mlp(), (x, y), epochs=3, validation_data=(x, y))
+    assert isinstance(history, History) and history is learner.history
+    assert history.epoch == [0, 1, 2]
+    for key in ["loss", "accuracy", "top_k_accuracy", "val_loss", "val_accuracy", "val_top_k_accuracy", "lr"]:
+        assert len(history.history[key]) == 3, key
+    assert history.history["top_k_accuracy"] == [1.0, 1.0, 1.0]  # 3 classes, k=5
+    assert history.history["lr"] == [1e-3] * 3
+
+
+def test_initial_epoch_continues_counting():
+    x, y = make_classification(n=8)
+    learner = Learner(loss="cross_entropy", verbose=0)
+    history = learner.fit(make_mlp(), (x, y), epochs=5, initial_epoch=3)
+    assert history.epoch == [3, 4]
+
+
+def test_fitting_the_same_model_again_keeps_the_optimizer_state(data):
+    x, y = data
+    model = make_mlp()
+    learner = Learner(loss="cross_entropy", optimizer="adam", verbose=0)
+    learner.fit(model, (x, y), epochs=1, batch_size=32)
+    learner.fit(model, (x, y), epochs=2, initial_epoch=1, batch_size=32)
+    state = learner.optimizer.state_dict()["state"]
+    assert int(state[0]["step"]) == 4  # 2 steps per epoch, over both calls
+
+
+def test_stop_training_from_a_batch_hook_stops_after_that_batch(data):
+    x, y = data
+
+    class StopAtThirdBatch(Callback):
+        def on_train_batch_end(self, batch, logs):
+            if batch == 2:
+                self.learner.stop_training = True
+
+    recorder = Recorder()
+    learner = Learner(loss="cross_entropy", verbose=0)
+    history = learner.fit(make_mlp(), (x, y), epochs=5, batch_size=8, callbacks=[StopAtThirdBatch(), recorder])
+    assert learner.global_step == 3
+    assert history.epoch == [0]  # the epoch still ends, as in Keras
+    assert recorder.events[-2:] == ["on_epoch_end(0)", "on_train_end"]
+
+
+def test_stop_training_from_epoch_end_stops_after_that_epoch(data):
+    x, y = data
+
+    class StopAtEpochOne(Callback):
+        def on_epoch_end(self, epoch, logs):
+            self.learner.stop_training = epoch == 1
+
+    history = Learner(loss="cross_entropy", verbose=0).fit(make_mlp(), (x, y), epochs=5, callbacks=[StopAtEpochOne()])
+    assert history.epoch == [0, 1]
+
+
+def test_batch_logs_hold_running_epoch_means(data):
+    x, y = make_classification(n=12)
+    seen = []
+
+    class Peek(Callback):
+        def on_train_batch_end(self, batch, logs):
+            seen.append(dict(logs))
+
+    learner = Learner(loss="cross_entropy", optimizer="sgd", lr=0.0, metrics=["accuracy"], verbose=0)
+    history = learner.fit(make_mlp(), (x, y), epochs=1, batch_size=5, shuffle=False, callbacks=[Peek()])
+    assert set(seen[0]) == {"loss", "accuracy"}
+    assert seen[-1]["loss"] == pytest.approx(history.history["loss"][0])
+    assert seen[-1]["accuracy"] == pytest.approx(history.history["accuracy"][0])
+
+
+def test_two_optimizers_through_a_custom_train_step():
+    """A subclass trains two parameter groups with an optimizer each, like a GAN or encoder + head."""
+    x, y = make_classification(n=32)
+
+    class TwoOptimizers(Learner):
+        def train_step(self, batch):
+            inputs, targets = batch
+            outputs = self.prepared_model(inputs)
+            loss = self.compute_loss(outputs, targets)
+            self.backward(loss)
+            if self.sync_gradients:
+                for optimizer in self.optimizers:
+                    self.optimizer_step(optimizer)
+            return loss, outputs
+
+    def two_optimizers(model):
+        return [
+            torch.optim.SGD(model[0].parameters(), lr=0.1),
+            torch.optim.Adam(model[2].parameters(), lr=0.01),
+        ]
+
+    model = make_mlp()
+    before = copy.deepcopy(model.state_dict())
+    learner = TwoOptimizers(loss="cross_entropy", optimizer=two_optimizers, verbose=0)
+    history = learner.fit(model, (x, y), epochs=3, batch_size=8)
+    assert len(learner.optimizers) == 2
+    assert set(history.history) >= {"loss", "lr", "lr_1"}
+    assert history.history["lr_1"] == [0.01] * 3
+    for key in before:
+        assert not torch.equal(before[key], model.state_dict()[key]), key
+    # the Adam half really used Adam: it has moment estimates
+    assert "exp_avg" in learner.optimizers[1].state_dict()["state"][0]
+
+
+def test_optimizer_factory_with_parameter_groups(data):
+    x, y = data
+
+    def groups(model):
+        return torch.optim.SGD([{"params": model[0].parameters(), "lr": 0.01}, {"params": model[2].parameters()}], lr=0.1)
+
+    history = Learner(loss="cross_entropy", optimizer=groups, verbose=0).fit(make_mlp(), (x, y), epochs=1)
+    assert history.history["lr"] == [0.01] and history.history["lr_1"] == [0.1]
