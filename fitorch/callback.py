@@ -190,7 +190,7 @@ class CallbackList:
             try:
                 hook(*args)
             except BaseException as error:
-                _add_note(error, f"raised in {self._describe(hook, event)}")
+                add_note(error, f"raised in {self._describe(hook, event)}")
                 raise
 
     def fire_exception(self, exception: BaseException) -> None:
@@ -199,7 +199,7 @@ class CallbackList:
             try:
                 hook(exception)
             except Exception as handler_error:  # the original failure is the one the user must see
-                _add_note(exception, f"{self._describe(hook, 'on_exception')} failed while handling it: {handler_error!r}")
+                add_note(exception, f"{self._describe(hook, 'on_exception')} failed while handling it: {handler_error!r}")
 
     def _describe(self, hook: Callable[..., Any], event: str) -> str:
         owner = getattr(hook, "__self__", None)
@@ -207,7 +207,8 @@ class CallbackList:
         return f"callback {name}.{event} (epoch {self.learner.epoch}, global step {self.learner.global_step})"
 
 
-def _add_note(error: BaseException, note: str) -> None:
+def add_note(error: BaseException, note: str) -> None:
+    """Attach `note` to `error` (PEP 678), so the traceback shows it under the message."""
     if hasattr(error, "add_note"):  # Python >= 3.11
         error.add_note(note)
     else:  # pragma: no cover - Python 3.10 keeps the note where 3.11's traceback would print it

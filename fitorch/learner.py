@@ -21,7 +21,7 @@ from accelerate.state import AcceleratorState, is_initialized
 from torch import nn
 from torch.utils.data import DataLoader
 
-from fitorch.callback import Callback, CallbackList, find_callback
+from fitorch.callback import Callback, CallbackList, add_note, find_callback
 from fitorch.data import (
     DataLike,
     LoaderOptions,
@@ -103,7 +103,9 @@ class Learner:
     `epochs`, `global_step` (real optimizer steps since the start of training), `batch` (index
     within the current phase), `outputs`, `loss`, `logs`, `stop_training`, `history`, `run_dir`,
     `sync_gradients` (whether the current micro-batch ends an accumulation window), `num_batches`
-    (batches in the running phase, None when unknown), `fitting` (inside `fit`, validation included).
+    (batches in the running phase, None when unknown), `fitting` (inside `fit`, validation included),
+    `exception` (the error that is ending `fit`, seen by `on_train_end`; None on success: after a
+    failure, other processes may never reach a collective call, so skip any in `on_train_end`).
 
     Example:
         >>> learner = Learner(loss="cross_entropy", optimizer="adamw", lr=1e-3, metrics=["accuracy"])
@@ -158,6 +160,7 @@ class Learner:
         self.run_dir = os.fspath(run_dir) if run_dir is not None else None
         self.num_workers = num_workers
         self.hparams = dict(hparams or {})
+        self.run_hparams: dict[str, Any] = dict(self.hparams)  # of the current (or last) fit
 
         # State during and after a call (see the class docstring).
         self.model: nn.Module | None = None
@@ -173,6 +176,7 @@ class Learner:
         self.num_batches: int | None = None
         self.sync_gradients = True
         self.fitting = False
+        self.exception: BaseException | None = None
         self.event_callbacks: CallbackList | None = None
         self._raw_optimizers: list[torch.optim.Optimizer] = []
         self._optimizers_model: nn.Module | None = None
@@ -210,6 +214,7 @@ class Learner:
         callbacks: Sequence[Callback] | None = None,
         initial_epoch: int = 0,
         resume: str | os.PathLike | bool | None = None,
+        hparams: Mapping[str, Any] | None = None,
     ) -> Any:
         """Train `model` on `data` for `epochs` epochs and return the `History`.
 
@@ -225,6 +230,8 @@ class Learner:
             initial_epoch: epoch to start at (to continue an earlier run).
             resume: a checkpoint directory to continue from exactly (model, optimizer, counters,
                 RNG states and callback states), or True for the newest checkpoint under `run_dir`.
+            hparams: hyperparameters of this fit, merged over `Learner(hparams=...)` into
+                `learner.run_hparams`; train.log and TensorBoard record them.
 
         Returns:
             The `fitorch.callbacks.History`: `history.history["val_loss"]` is a list, one value per epoch.
@@ -233,6 +240,7 @@ class Learner:
             ValueError, TypeError: bad arguments or data, before any training.
         """
         self._check_fit_arguments(model, epochs, initial_epoch, validation_split, validation_data)
+        self.run_hparams = _merge_hparams(self.hparams, hparams)
         self.accelerator = self._make_accelerator()
         options = self._loader_options(batch_size, shuffle)
         self._shuffle_seed = self.seed if self.seed is not None else int(torch.randint(2**31, ()).item())
@@ -255,7 +263,7 @@ class Learner:
         train_loader = self.accelerator.prepare(train_loader)
         val_loader = self.accelerator.prepare(val_loader) if val_loader is not None else None
         self.epochs, self.epoch, self.global_step, self.batch = epochs, initial_epoch, 0, 0
-        self.stop_training, self.fitting, self._skip_batches = False, True, 0
+        self.stop_training, self.fitting, self.exception, self._skip_batches = False, True, None, 0
         if resume:
             from fitorch.checkpoint import resume_learner
 
@@ -375,7 +383,7 @@ class Learner:
     # ------------------------------------------------------------------ the loop
 
     def _fit_loop(self, train_loader: DataLoader, val_loader: DataLoader | None) -> None:
-        callbacks, error = self.event_callbacks, None
+        callbacks = self.event_callbacks
         try:
             callbacks.fire("on_train_begin", self.logs)
             for epoch in range(self.epoch, self.epochs):
@@ -384,16 +392,16 @@ class Learner:
                 if self.stop_training:
                     break
         except BaseException as exception:
-            error = exception
+            self.exception = exception
             callbacks.fire_exception(exception)
             raise
         finally:
             try:
                 callbacks.fire("on_train_end", self.logs)
             except Exception as end_error:
-                if error is None:
+                if self.exception is None:
                     raise
-                error.add_note(f"on_train_end also failed: {end_error!r}")
+                add_note(self.exception, f"on_train_end also failed: {end_error!r}")
             finally:
                 self.fitting = False
                 self._end_call()
@@ -491,6 +499,27 @@ class Learner:
         groups = [group for optimizer in self.optimizers for group in optimizer.param_groups]
         return {("lr" if i == 0 else f"lr_{i}"): float(group["lr"]) for i, group in enumerate(groups)}
 
+    def config(self) -> dict[str, Any]:
+        """The learner's configuration as JSON-able data (objects by name), with `run_hparams`; logs record it."""
+        accelerator = self.accelerator
+        return _json_safe(
+            {
+                "loss": self.loss_name or self.loss_fn,
+                "optimizer": self.optimizer_spec,
+                "optimizer_options": self.optimizer_options,
+                "metrics": list(self.metrics),
+                "mixed_precision": accelerator.mixed_precision if accelerator else self.mixed_precision,
+                "grad_accum_steps": self.grad_accum_steps,
+                "grad_clip": self.grad_clip,
+                "seed": self.seed,
+                "device": str(accelerator.device) if accelerator else None,
+                "num_processes": accelerator.num_processes if accelerator else 1,
+                "epochs": self.epochs,
+                "run_dir": self.run_dir,
+                "hparams": self.run_hparams,
+            }
+        )
+
     @property
     def _accumulating(self) -> bool:
         return self.grad_accum_steps > 1
@@ -564,7 +593,7 @@ class Learner:
                 # Accelerate keeps one global state per process; another learner of this process
                 # asked for other settings, so start it afresh (the process group is kept).
                 AcceleratorState._reset_state()
-        accelerator = Accelerator(mixed_precision=mixed_precision, cpu=self.cpu)
+        accelerator = Accelerator(mixed_precision=mixed_precision, cpu=self.cpu or _cpu_processes_launched())
         if self.grad_accum_steps is None:
             launcher_steps = os.environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "1")
             self.grad_accum_steps = int(launcher_steps)
@@ -609,9 +638,24 @@ class Learner:
             self.history = find_callback(chosen, History) or History()
             if self.history not in chosen:
                 chosen.append(self.history)
+            chosen.extend(self._run_dir_callbacks(chosen))
         if find_callback(chosen, ProgressBar) is None:
             chosen.append(ProgressBar())
         return chosen
+
+    def _run_dir_callbacks(self, chosen: Sequence[Callback]) -> list[Callback]:
+        """The standard set a fit with `run_dir` adds (docs/callbacks.md), minus kinds the user passed."""
+        if self.run_dir is None:
+            return []  # without run_dir, fit writes nothing to disk
+        from importlib.util import find_spec
+
+        from fitorch.callbacks import CSVLogger, FileLogger, TensorBoard
+
+        defaults: list[Callback] = [FileLogger(), CSVLogger(os.path.join(self.run_dir, "metrics.csv"))]
+        if find_spec("tensorboard") is not None:  # optional: event files only when tensorboard is installed
+            defaults.append(TensorBoard())
+        # The default ModelCheckpoint (last and best epochs) joins this list once the checkpoint issue lands.
+        return [callback for callback in defaults if find_callback(chosen, type(callback)) is None]
 
     def _end_call(self) -> None:
         # Accelerate patched the model's forward for mixed precision; give the user back their model.
@@ -630,6 +674,38 @@ class Learner:
             raise ValueError(f"validation_split must be a fraction in [0, 1), got {validation_split!r}.")
         if validation_split and validation_data is not None:
             raise ValueError("Pass either validation_data or validation_split, not both.")
+
+
+def _cpu_processes_launched() -> bool:
+    """Whether a launcher (torchrun, accelerate launch) started several processes on a machine without GPUs.
+
+    Accelerate only chooses its multi-CPU (gloo) mode when told `cpu=True`; without this, `torchrun
+    --nproc_per_node 2` on a CPU machine would run two unrelated single-process trainings.
+    """
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or os.environ.get("LOCAL_RANK") is not None
+    if not launched:
+        return False
+    accelerator_api = getattr(torch, "accelerator", None)  # torch >= 2.6
+    has_device = accelerator_api.is_available() if accelerator_api is not None else torch.cuda.is_available()
+    return not has_device
+
+
+def _merge_hparams(base: Mapping[str, Any], extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    if extra is not None and not isinstance(extra, Mapping):
+        raise TypeError(f"hparams must be a mapping of names to values, got {type(extra).__name__}.")
+    return {**base, **(extra or {})}
+
+
+def _json_safe(value: Any) -> Any:
+    """`value` with every object JSON cannot hold replaced by its name (classes, functions) or repr."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Mapping):
+        return {str(key): _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    name = getattr(value, "__qualname__", None)
+    return f"{getattr(value, '__module__', '')}.{name}" if name else repr(value)
 
 
 def _positive_int(value: Any, name: str) -> int:

@@ -1,0 +1,66 @@
+"""Two real processes on the CPU (gloo), started the way a user starts them: `torchrun --nproc_per_node 2`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).parent / "scripts" / "distributed_job.py"
+TIMEOUT = 120
+
+
+def torchrun(scenario: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    return subprocess.run(
+        [*command, str(SCRIPT), scenario, str(out), *extra], capture_output=True, text=True, timeout=TIMEOUT
+    )
+
+
+def single(scenario: str, out: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), scenario, str(out)], capture_output=True, text=True, timeout=TIMEOUT)
+
+
+def results(out: Path) -> list[dict]:
+    return [json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+
+
+def check(process: subprocess.CompletedProcess) -> None:
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
+
+
+def test_two_processes_give_the_numbers_of_one_on_101_samples(tmp_path):
+    check(torchrun("numbers", tmp_path / "two"))
+    check(single("numbers", tmp_path / "one"))
+    one = json.loads((tmp_path / "one" / "rank0.json").read_text())
+    for rank in results(tmp_path / "two"):
+        assert rank["distributed_type"] == "DistributedType.MULTI_CPU" and rank["num_processes"] == 2
+        for key, values in one["history"].items():
+            assert rank["history"][key] == pytest.approx(values, rel=1e-6), key
+        assert rank["evaluate"] == pytest.approx(one["evaluate"], rel=1e-6)
+        assert len(rank["predictions"]) == 101
+        torch.testing.assert_close(torch.tensor(rank["predictions"]), torch.tensor(one["predictions"]))  # in order
+    assert one["history"]["accuracy"][0] * 101 == pytest.approx(round(one["history"]["accuracy"][0] * 101))
+
+
+def test_a_stop_asked_on_one_rank_stops_both_at_the_same_point(tmp_path):
+    started = time.monotonic()
+    check(torchrun("stop", tmp_path))
+    assert time.monotonic() - started < TIMEOUT
+    rank0, rank1 = results(tmp_path)
+    assert rank0 == rank1
+    assert rank0["epochs"] == [0, 1, 2]  # rank 1 asked at the end of epoch 2
+    assert rank0["steps"] == 5 and rank0["step_epochs"] == [0, 1]  # 4 steps per epoch: step 5 is in epoch 1
+
+
+def test_an_error_on_one_rank_ends_the_job_with_the_message(tmp_path):
+    started = time.monotonic()
+    process = torchrun("fail", tmp_path)
+    assert time.monotonic() - started < TIMEOUT
+    assert process.returncode != 0
+    assert "planned failure on rank 0" in process.stdout + process.stderr
