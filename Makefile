@@ -22,6 +22,10 @@ test: $(STAMP)
 	$(PY) -m ruff check fitorch callbacks tests examples benchmarks
 	$(PY) -m pytest -q
 
+# The documentation site, built into site/ (open site/index.html); warnings are errors, as in the tests.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
 

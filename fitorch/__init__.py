@@ -9,6 +9,7 @@ The public API is what this module exports; built-in callbacks live in `fitorch.
 """
 
 from fitorch.callback import EVENTS, Callback, CallbackList
+from fitorch.checkpoint import delete_checkpoint, latest_checkpoint, load_checkpoint, load_weights, save_checkpoint
 from fitorch.learner import LazyLogs, Learner
 from fitorch.losses import LOSSES
 from fitorch.metrics import (
@@ -23,6 +24,7 @@ from fitorch.metrics import (
 from fitorch.monitor import Monitor
 from fitorch.optimizers import OPTIMIZERS
 from fitorch.seed import seed_everything
+from fitorch.summary import Summary, summary
 
 __version__ = "0.1.0"
 
@@ -42,5 +44,12 @@ __all__ = [
     "MetricProtocol",
     "Monitor",
     "TopKAccuracy",
+    "delete_checkpoint",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "load_weights",
+    "save_checkpoint",
+    "Summary",
     "seed_everything",
+    "summary",
 ]

@@ -199,7 +199,9 @@ class CallbackList:
             try:
                 hook(exception)
             except Exception as handler_error:  # the original failure is the one the user must see
-                add_note(exception, f"{self._describe(hook, 'on_exception')} failed while handling it: {handler_error!r}")
+                add_note(
+                    exception, f"{self._describe(hook, 'on_exception')} failed while handling it: {handler_error!r}"
+                )
 
     def _describe(self, hook: Callable[..., Any], event: str) -> str:
         owner = getattr(hook, "__self__", None)

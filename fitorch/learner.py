@@ -9,7 +9,10 @@ data parallel; the learner never talks to `torch.distributed` itself.
 
 from __future__ import annotations
 
+import atexit
 import copy
+import functools
+import gc
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import nullcontext
@@ -18,6 +21,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, is_initialized
+from accelerate.utils import DistributedType
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -230,6 +234,8 @@ class Learner:
             initial_epoch: epoch to start at (to continue an earlier run).
             resume: a checkpoint directory to continue from exactly (model, optimizer, counters,
                 RNG states and callback states), or True for the newest checkpoint under `run_dir`.
+                A backup offered by a callback (`BackupAndRestore`) takes precedence: it is the
+                newer state of this same fit (docs/checkpoints.md).
             hparams: hyperparameters of this fit, merged over `Learner(hparams=...)` into
                 `learner.run_hparams`; train.log and TensorBoard record them.
 
@@ -264,10 +270,9 @@ class Learner:
         val_loader = self.accelerator.prepare(val_loader) if val_loader is not None else None
         self.epochs, self.epoch, self.global_step, self.batch = epochs, initial_epoch, 0, 0
         self.stop_training, self.fitting, self.exception, self._skip_batches = False, True, None, 0
-        if resume:
-            from fitorch.checkpoint import resume_learner
+        from fitorch.checkpoint import resume_learner  # it imports this module, so import it late
 
-            resume_learner(self, resume)
+        resume_learner(self, resume)  # `resume`, or a backup a callback offers (BackupAndRestore)
         self._fit_loop(train_loader, val_loader)
         return self.history
 
@@ -476,7 +481,7 @@ class Learner:
                 outputs = self.predict_step(batch)
                 if self.accelerator.num_processes > 1:
                     outputs = self.accelerator.gather_for_metrics(outputs)  # drops the sampler's padding
-                chunks.append(_to_cpu(outputs))
+                chunks.append(_to_device(outputs, "cpu"))
                 callbacks.fire("on_predict_batch_end", self.batch, {"outputs": outputs})
         callbacks.fire("on_predict_end", {})
         return concat_outputs(chunks) if chunks else None
@@ -594,9 +599,18 @@ class Learner:
                 # asked for other settings, so start it afresh (the process group is kept).
                 AcceleratorState._reset_state()
         accelerator = Accelerator(mixed_precision=mixed_precision, cpu=self.cpu or _cpu_processes_launched())
-        if self.grad_accum_steps is None:
-            launcher_steps = os.environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "1")
-            self.grad_accum_steps = int(launcher_steps)
+        if accelerator.num_processes > 1:
+            _destroy_process_group_at_exit()
+        if accelerator.distributed_type == DistributedType.DEEPSPEED:
+            if (self.grad_accum_steps or 1) > 1 or self.grad_clip is not None:
+                raise ValueError(
+                    "Under DeepSpeed, gradient accumulation and clipping belong to DeepSpeed's own config "
+                    f"(got grad_accum_steps={self.grad_accum_steps}, grad_clip={self.grad_clip}); "
+                    "set them there and leave them unset on the Learner."
+                )
+            self.grad_accum_steps = 1  # DeepSpeed's engine accumulates inside backward and step
+        elif self.grad_accum_steps is None:
+            self.grad_accum_steps = int(os.environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "1"))
         return accelerator
 
     def _loader_options(self, batch_size: int | None, shuffle: bool | None) -> LoaderOptions:
@@ -641,6 +655,9 @@ class Learner:
             chosen.extend(self._run_dir_callbacks(chosen))
         if find_callback(chosen, ProgressBar) is None:
             chosen.append(ProgressBar())
+        # Callbacks that write checkpoints run last (stable order otherwise), so that what they save
+        # holds every other callback's state after the event, History's latest epoch included.
+        chosen.sort(key=lambda callback: bool(getattr(callback, "saves_checkpoints", False)))
         return chosen
 
     def _run_dir_callbacks(self, chosen: Sequence[Callback]) -> list[Callback]:
@@ -661,6 +678,12 @@ class Learner:
         # Accelerate patched the model's forward for mixed precision; give the user back their model.
         if self.prepared_model is not None:
             self.accelerator.unwrap_model(self.prepared_model, keep_fp32_wrapper=False)
+        if self.prepared_model is not self.model:
+            # Drop every reference to the DDP wrapper (the last graph holds its gradient hooks): one
+            # still alive when the process group is destroyed at exit aborts the process and the job.
+            self.prepared_model = self.model
+            self.loss, self.outputs = _to_device(self.loss, None), _to_device(self.outputs, None)
+            self.accelerator.free_memory()
 
     def _check_fit_arguments(
         self, model: Any, epochs: Any, initial_epoch: Any, validation_split: Any, validation_data: Any
@@ -674,6 +697,18 @@ class Learner:
             raise ValueError(f"validation_split must be a fraction in [0, 1), got {validation_split!r}.")
         if validation_split and validation_data is not None:
             raise ValueError("Pass either validation_data or validation_split, not both.")
+
+
+@functools.cache
+def _destroy_process_group_at_exit() -> None:
+    # A process that exits with gloo's threads still running aborts ("terminate called without an
+    # active exception") and fails the job; a user's script should not have to tear it down itself.
+    def destroy() -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gc.collect()  # wrappers caught in reference cycles must go before their process group
+            torch.distributed.destroy_process_group()
+
+    atexit.register(destroy)
 
 
 def _cpu_processes_launched() -> bool:
@@ -733,11 +768,13 @@ def _non_negative_float(value: Any, name: str) -> float:
     return float(value)
 
 
-def _to_cpu(value: Any) -> Any:
+def _to_device(value: Any, device: str | None) -> Any:
+    """Detach every tensor in `value` (tuples, lists and dicts kept), moving it to `device` if given."""
     if isinstance(value, torch.Tensor):
-        return value.detach().cpu()
+        value = value.detach()
+        return value if device is None else value.to(device)
     if isinstance(value, Mapping):
-        return {key: _to_cpu(item) for key, item in value.items()}
+        return {key: _to_device(item, device) for key, item in value.items()}
     if isinstance(value, (tuple, list)):
-        return type(value)(_to_cpu(item) for item in value)
+        return type(value)(_to_device(item, device) for item in value)
     return value

@@ -71,9 +71,11 @@ class Monitor:
         """
         if self.monitor not in logs:
             available = ", ".join(logs) or "none"
-            hint = " Validation values (val_*) need validation_data or validation_split." if (
-                self.monitor.startswith("val_")
-            ) else ""
+            hint = (
+                " Validation values (val_*) need validation_data or validation_split."
+                if (self.monitor.startswith("val_"))
+                else ""
+            )
             raise ValueError(
                 f"{self.owner}(monitor={self.monitor!r}): no such value in the logs; available: {available}.{hint}"
             )

@@ -8,6 +8,9 @@ from torch import nn
 
 from fitorch import Callback
 
+# Tests are tiny: one thread is faster than two that wait on each other, and steadier on a busy machine.
+torch.set_num_threads(1)
+
 
 def make_classification(n: int = 64, features: int = 8, classes: int = 3, seed: int = 0):
     """Linearly separable-ish data: the class is the argmax of a fixed random projection."""
@@ -35,25 +38,62 @@ class Recorder(Callback):
     def _record(self, name, *args):
         self.events.append(name if not args or not isinstance(args[0], int) else f"{name}({args[0]})")
 
-    def on_train_begin(self, logs): self._record("on_train_begin")  # noqa: E704
-    def on_train_end(self, logs): self._record("on_train_end")  # noqa: E704
-    def on_epoch_begin(self, epoch, logs): self._record("on_epoch_begin", epoch)  # noqa: E704
-    def on_epoch_end(self, epoch, logs): self._record("on_epoch_end", epoch)  # noqa: E704
-    def on_train_batch_begin(self, batch, logs): self._record("on_train_batch_begin", batch)  # noqa: E704
-    def on_train_batch_end(self, batch, logs): self._record("on_train_batch_end", batch)  # noqa: E704
-    def on_before_backward(self, loss): self._record("on_before_backward")  # noqa: E704
-    def on_after_backward(self): self._record("on_after_backward")  # noqa: E704
-    def on_before_optimizer_step(self, optimizer): self._record("on_before_optimizer_step")  # noqa: E704
-    def on_optimizer_step(self): self._record("on_optimizer_step")  # noqa: E704
-    def on_test_begin(self, logs): self._record("on_test_begin")  # noqa: E704
-    def on_test_end(self, logs): self._record("on_test_end")  # noqa: E704
-    def on_test_batch_begin(self, batch, logs): self._record("on_test_batch_begin", batch)  # noqa: E704
-    def on_test_batch_end(self, batch, logs): self._record("on_test_batch_end", batch)  # noqa: E704
-    def on_predict_begin(self, logs): self._record("on_predict_begin")  # noqa: E704
-    def on_predict_end(self, logs): self._record("on_predict_end")  # noqa: E704
-    def on_predict_batch_begin(self, batch, logs): self._record("on_predict_batch_begin", batch)  # noqa: E704
-    def on_predict_batch_end(self, batch, logs): self._record("on_predict_batch_end", batch)  # noqa: E704
-    def on_exception(self, exception): self._record("on_exception")  # noqa: E704
+    def on_train_begin(self, logs):
+        self._record("on_train_begin")  # noqa: E704
+
+    def on_train_end(self, logs):
+        self._record("on_train_end")  # noqa: E704
+
+    def on_epoch_begin(self, epoch, logs):
+        self._record("on_epoch_begin", epoch)  # noqa: E704
+
+    def on_epoch_end(self, epoch, logs):
+        self._record("on_epoch_end", epoch)  # noqa: E704
+
+    def on_train_batch_begin(self, batch, logs):
+        self._record("on_train_batch_begin", batch)  # noqa: E704
+
+    def on_train_batch_end(self, batch, logs):
+        self._record("on_train_batch_end", batch)  # noqa: E704
+
+    def on_before_backward(self, loss):
+        self._record("on_before_backward")  # noqa: E704
+
+    def on_after_backward(self):
+        self._record("on_after_backward")  # noqa: E704
+
+    def on_before_optimizer_step(self, optimizer):
+        self._record("on_before_optimizer_step")  # noqa: E704
+
+    def on_optimizer_step(self):
+        self._record("on_optimizer_step")  # noqa: E704
+
+    def on_test_begin(self, logs):
+        self._record("on_test_begin")  # noqa: E704
+
+    def on_test_end(self, logs):
+        self._record("on_test_end")  # noqa: E704
+
+    def on_test_batch_begin(self, batch, logs):
+        self._record("on_test_batch_begin", batch)  # noqa: E704
+
+    def on_test_batch_end(self, batch, logs):
+        self._record("on_test_batch_end", batch)  # noqa: E704
+
+    def on_predict_begin(self, logs):
+        self._record("on_predict_begin")  # noqa: E704
+
+    def on_predict_end(self, logs):
+        self._record("on_predict_end")  # noqa: E704
+
+    def on_predict_batch_begin(self, batch, logs):
+        self._record("on_predict_batch_begin", batch)  # noqa: E704
+
+    def on_predict_batch_end(self, batch, logs):
+        self._record("on_predict_batch_end", batch)  # noqa: E704
+
+    def on_exception(self, exception):
+        self._record("on_exception")  # noqa: E704
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 
 import pytest
-from conftest import Recorder, make_classification, make_mlp
 
+from conftest import Recorder, make_classification, make_mlp
 from fitorch import EVENTS, Callback, Learner
 from fitorch.callbacks import LambdaCallback, ProgressBar
 
@@ -29,7 +29,9 @@ def test_hook_error_carries_callback_event_epoch_and_step_and_propagates_unchang
 
     recorder = Recorder()
     with pytest.raises(RuntimeError) as error:
-        Learner(loss="cross_entropy", verbose=0).fit(make_mlp(), (x, y), epochs=3, batch_size=8, callbacks=[Boom(), recorder])
+        Learner(loss="cross_entropy", verbose=0).fit(
+            make_mlp(), (x, y), epochs=3, batch_size=8, callbacks=[Boom(), recorder]
+        )
     assert str(error.value) == "boom"
     assert "raised in callback Boom.on_train_batch_end (epoch 1, global step 3)" in error.value.__notes__
     assert recorder.events[-2:] == ["on_exception", "on_train_end"]
@@ -39,7 +41,9 @@ def test_on_train_end_runs_when_the_model_fails_and_on_exception_sees_the_error(
     x, y = make_classification(n=8)
     seen = []
     failing = make_mlp(features=5)  # the data has 8 features: the forward pass fails
-    callback = LambdaCallback(on_exception=lambda error: seen.append(type(error)), on_train_end=lambda logs: seen.append("end"))
+    callback = LambdaCallback(
+        on_exception=lambda error: seen.append(type(error)), on_train_end=lambda logs: seen.append("end")
+    )
     with pytest.raises(RuntimeError):
         Learner(loss="cross_entropy", verbose=0).fit(failing, (x, y), callbacks=[callback])
     assert seen == [RuntimeError, "end"]
@@ -54,7 +58,10 @@ def test_a_failing_on_exception_handler_does_not_mask_the_original_error():
 
     with pytest.raises(RuntimeError) as error:
         Learner(loss="cross_entropy", verbose=0).fit(make_mlp(features=5), (x, y), callbacks=[BadHandler()])
-    assert any("BadHandler.on_exception (epoch 0, global step 0) failed while handling it: KeyError" in note for note in error.value.__notes__)
+    assert any(
+        "BadHandler.on_exception (epoch 0, global step 0) failed while handling it: KeyError" in note
+        for note in error.value.__notes__
+    )
 
 
 def test_callbacks_see_learner_and_model_before_train_begin():

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import make_classification, make_mlp
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
+from conftest import make_classification, make_mlp
 from fitorch import Learner
 
 
@@ -162,7 +162,10 @@ def untrained_check(model):
         ({"loss": "crossentropy"}, "Unknown loss 'crossentropy'. Known losses: bce,"),
         ({"loss": "cross_entropy", "optimizer": "adamm"}, "Unknown optimizer 'adamm'. Known optimizers: adamw,"),
         ({"loss": "cross_entropy", "metrics": ["acuracy"]}, "Unknown metric 'acuracy'. Known metrics: accuracy,"),
-        ({"loss": "cross_entropy", "optimizer": "sgd", "momentun": 0.9}, "SGD takes no option 'momentun'. Did you mean 'momentum'?"),
+        (
+            {"loss": "cross_entropy", "optimizer": "sgd", "momentun": 0.9},
+            "SGD takes no option 'momentun'. Did you mean 'momentum'?",
+        ),
         ({"loss": "cross_entropy", "mixed_precision": "fp8"}, "mixed_precision must be one of"),
         ({"loss": "cross_entropy", "verbose": 3}, "verbose must be 0"),
         ({"loss": "cross_entropy", "grad_clip": -1}, "grad_clip must be a positive number, got -1"),
@@ -178,17 +181,32 @@ def test_bad_learner_arguments_fail_at_construction(kwargs, message):
     ("call", "message"),
     [
         (lambda m, x, y: quiet().fit(m, (x, y), epochs=0), "epochs must be a positive int, got 0"),
-        (lambda m, x, y: quiet().fit(m, (x, y[:-1])), "data: every array must hold the same number of samples, got x: 64, y: 63"),
+        (
+            lambda m, x, y: quiet().fit(m, (x, y[:-1])),
+            "data: every array must hold the same number of samples, got x: 64, y: 63",
+        ),
         (lambda m, x, y: quiet().fit(m, (x[:0], y[:0])), "data holds no samples"),
         (lambda m, x, y: quiet().fit(m, TensorDataset(x[:0], y[:0])), "data holds no samples"),
-        (lambda m, x, y: quiet().fit(m, (x, y), validation_split=1.0), "validation_split must be a fraction in [0, 1), got 1.0"),
-        (lambda m, x, y: quiet().fit(m, (x, y), validation_split=-0.1), "validation_split must be a fraction in [0, 1), got -0.1"),
+        (
+            lambda m, x, y: quiet().fit(m, (x, y), validation_split=1.0),
+            "validation_split must be a fraction in [0, 1), got 1.0",
+        ),
+        (
+            lambda m, x, y: quiet().fit(m, (x, y), validation_split=-0.1),
+            "validation_split must be a fraction in [0, 1), got -0.1",
+        ),
         (lambda m, x, y: quiet().fit(m, (x, y), batch_size=0), "batch_size must be a positive int, got 0"),
         (lambda m, x, y: quiet().fit(m, [1, 2, 3]), "data must be a DataLoader, a Dataset, or a tuple"),
-        (lambda m, x, y: quiet().fit(m, DataLoader(TensorDataset(x, y)), batch_size=8), "set them when you build the DataLoader"),
+        (
+            lambda m, x, y: quiet().fit(m, DataLoader(TensorDataset(x, y)), batch_size=8),
+            "set them when you build the DataLoader",
+        ),
         (lambda m, x, y: quiet().fit(m, (x, y.float())), "needs class indices as integers (int64) of shape (32,)"),
         (lambda m, x, y: quiet().fit(m, (x, y.unsqueeze(1))), "Fix: use y.squeeze(1)"),
-        (lambda m, x, y: quiet().fit(m, (x, y + 5)), "class indices must lie in [0, 2] for 3 outputs, got values from 5 to 7"),
+        (
+            lambda m, x, y: quiet().fit(m, (x, y + 5)),
+            "class indices must lie in [0, 2] for 3 outputs, got values from 5 to 7",
+        ),
         (lambda m, x, y: quiet().fit("model", (x, y)), "model must be a torch.nn.Module, got str"),
     ],
 )

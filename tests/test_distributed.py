@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
+
+from conftest import make_mlp
 
 SCRIPT = Path(__file__).parent / "scripts" / "distributed_job.py"
 TIMEOUT = 120
@@ -23,7 +26,9 @@ def torchrun(scenario: str, out: Path, *extra: str) -> subprocess.CompletedProce
 
 
 def single(scenario: str, out: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), scenario, str(out)], capture_output=True, text=True, timeout=TIMEOUT)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), scenario, str(out)], capture_output=True, text=True, timeout=TIMEOUT
+    )
 
 
 def results(out: Path) -> list[dict]:
@@ -64,3 +69,36 @@ def test_an_error_on_one_rank_ends_the_job_with_the_message(tmp_path):
     assert time.monotonic() - started < TIMEOUT
     assert process.returncode != 0
     assert "planned failure on rank 0" in process.stdout + process.stderr
+
+
+def test_one_process_writes_and_early_stopping_stops_both_ranks_together(tmp_path):
+    check(torchrun("run_dir", tmp_path))
+    rank0, rank1 = results(tmp_path)
+    assert rank0 == rank1
+    epochs = len(rank0["epochs"])
+    assert 1 < epochs < 30  # early stopping decided, on both ranks, at the same epoch
+    run = tmp_path / "run"
+    rows = (run / "metrics.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + epochs  # a header and one row per epoch: written once
+    log = (run / "train.log").read_text()
+    assert [log.count(f" INFO epoch {e + 1}/30 ") for e in range(epochs)] == [1] * epochs  # each line once
+    event_files = sorted(p.relative_to(run) for p in (run / "tensorboard").rglob("events.out.tfevents.*"))
+    assert len(event_files) == 2, event_files  # one for train, one for validation: from one process
+    best = load_file(run / "best" / "model.safetensors")
+    model = make_mlp()
+    model.load_state_dict(best)  # weights from a 2-process run load into a 1-process model
+    assert not [p for p in run.rglob("*") if "tmp" in p.name.lower()]
+
+
+def test_a_killed_two_process_run_resumes_to_the_uninterrupted_weights(tmp_path):
+    check(torchrun("resume", tmp_path / "straight"))
+    killed = torchrun("resume", tmp_path / "resumed", "3")
+    assert killed.returncode != 0  # rank 0 was SIGKILLed at the start of epoch 3
+    assert (tmp_path / "resumed" / "backup").exists()
+    check(torchrun("resume", tmp_path / "resumed"))
+    straight = load_file(tmp_path / "straight" / "final.safetensors")
+    resumed = load_file(tmp_path / "resumed" / "final.safetensors")
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+    assert results(tmp_path / "straight") == results(tmp_path / "resumed")
+    assert not (tmp_path / "resumed" / "backup").exists()  # deleted once the fit completed

@@ -7,10 +7,9 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import Recorder, make_classification, make_mlp
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
+from conftest import Recorder, make_classification, make_mlp
 from fitorch import Callback, Learner
 from fitorch.callbacks import History
 
@@ -362,7 +361,9 @@ def test_optimizer_factory_with_parameter_groups(data):
     x, y = data
 
     def groups(model):
-        return torch.optim.SGD([{"params": model[0].parameters(), "lr": 0.01}, {"params": model[2].parameters()}], lr=0.1)
+        return torch.optim.SGD(
+            [{"params": model[0].parameters(), "lr": 0.01}, {"params": model[2].parameters()}], lr=0.1
+        )
 
     history = Learner(loss="cross_entropy", optimizer=groups, verbose=0).fit(make_mlp(), (x, y), epochs=1)
     assert history.history["lr"] == [0.01] and history.history["lr_1"] == [0.1]

@@ -7,15 +7,18 @@ it saw, so the test can compare ranks with each other and with a single process.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import make_classification, make_mlp  # noqa: E402
-
 from fitorch import Callback, Learner  # noqa: E402
+from fitorch.callbacks import BackupAndRestore, EarlyStopping, ModelCheckpoint  # noqa: E402
 
 
 class StopOnRank(Callback):
@@ -66,7 +69,12 @@ def stop(out):
     at_epoch = learner.fit(make_mlp(), (x, y), epochs=6, batch_size=8, callbacks=[StopOnRank(rank=1, epoch=2)])
     epoch_steps = learner.global_step
     at_step = learner.fit(make_mlp(), (x, y), epochs=6, batch_size=8, callbacks=[StopOnRank(rank=1, step=5)])
-    return {"epochs": at_epoch.epoch, "epoch_steps": epoch_steps, "step_epochs": at_step.epoch, "steps": learner.global_step}
+    return {
+        "epochs": at_epoch.epoch,
+        "epoch_steps": epoch_steps,
+        "step_epochs": at_step.epoch,
+        "steps": learner.global_step,
+    }
 
 
 def fail(out):
@@ -75,11 +83,50 @@ def fail(out):
     return {}
 
 
-SCENARIOS = {"numbers": numbers, "stop": stop, "fail": fail}
+def run_dir(out):
+    """Default run_dir callbacks, a best-only checkpoint, and early stopping that must stop both ranks together."""
+    x, y = make_classification(n=96)
+    learner = Learner(
+        loss="cross_entropy",
+        lr=0.05,
+        run_dir=out / "run",
+        verbose=1,
+        callbacks=[
+            ModelCheckpoint(out / "run" / "best", monitor="val_loss", save_best_only=True),
+            EarlyStopping(monitor="val_loss", patience=1, min_delta=0.05),
+        ],
+    )
+    history = learner.fit(make_mlp(), (x, y), epochs=30, batch_size=8, validation_split=0.25)
+    return {"epochs": history.epoch, "val_loss": history.history["val_loss"], "log_lines": len(history.epoch)}
+
+
+class KillAt(Callback):
+    """SIGKILLs rank 0 at the start of `epoch`, after the backup of the previous epoch is complete."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs):
+        if epoch == self.epoch and self.learner.accelerator.process_index == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def resume(out, kill_at=None):
+    x, y = make_classification(n=80)
+    callbacks = [BackupAndRestore(out / "backup")] + ([KillAt(int(kill_at))] if kill_at else [])
+    learner = Learner(loss="cross_entropy", seed=3, grad_accum_steps=2, verbose=0, callbacks=callbacks)
+    model = make_mlp(dropout=0.2)
+    learner.fit(model, (x, y), epochs=5, batch_size=8)
+    if learner.is_main_process:
+        save_file(model.state_dict(), str(out / "final.safetensors"))
+    return {"global_step": learner.global_step}
+
+
+SCENARIOS = {"numbers": numbers, "stop": stop, "fail": fail, "run_dir": run_dir, "resume": resume}
 
 if __name__ == "__main__":
     scenario, out = sys.argv[1], Path(sys.argv[2])
     out.mkdir(parents=True, exist_ok=True)
-    result = SCENARIOS[scenario](out)
+    result = SCENARIOS[scenario](out, *sys.argv[3:])
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     (out / f"rank{rank}.json").write_text(json.dumps(result))

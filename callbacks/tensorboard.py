@@ -1,0 +1,165 @@
+"""`TensorBoard`: event files for TensorBoard (`run_dir/tensorboard` by default).
+
+It owns two event writers, one per TensorBoard run (`train/` and `validation/`), and what goes
+into them. `tensorboard` is imported only when a fit with this callback starts, never by
+`import fitorch`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from fitorch import Callback
+
+INSTALL = "pip install tensorboard"
+
+
+def _summary_writer() -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as error:  # torch's module needs the tensorboard package
+        raise ImportError(f"The TensorBoard callback needs the tensorboard package: {INSTALL}") from error
+    return SummaryWriter
+
+
+def _markdown_table(config: dict[str, Any]) -> str:
+    rows = [f"| {key} | `{value}` |" for key, value in config.items()]
+    return "\n".join(["| setting | value |", "|---|---|", *rows])
+
+
+class TensorBoard(Callback):
+    """Writes TensorBoard event files: epoch scalars, the learning rate, per-step loss, histograms, graph.
+
+    Layout, as in Keras: two TensorBoard runs under `log_dir`, `train/` and `validation/`. Every
+    epoch log key `k` is written as the tag `epoch_k` at step `epoch` (0-based), training values in
+    `train/` and `val_k` as `epoch_k` in `validation/`, so TensorBoard draws the training and
+    validation curves of a metric on one chart. The learning rates (`lr`, `lr_1`, ...) are
+    `epoch_lr`, `epoch_lr_1`, ... in `train/`. At the start, the configuration and hyperparameters
+    (`learner.config()`) are a text summary `config`; at the end, the hyperparameters also go to
+    the HParams dashboard with the last epoch's values. Main process only.
+
+    Args:
+        log_dir: the folder; None means `run_dir/tensorboard`.
+        update_freq: `"epoch"`, or an int n to also write the batch loss (`batch_loss`) and the
+            learning rate (`batch_lr`) every n optimizer steps, at step `global_step`. Each write
+            reads the loss from the device (a sync), hence the interval.
+        histogram_freq: write a histogram of every parameter every this many epochs (0: never).
+        write_graph: write the model graph, traced with the inputs of the first training batch
+            (positional inputs only; the model is traced in eval mode, which changes no state).
+
+    Raises:
+        ValueError: a bad `update_freq` or `histogram_freq`; at the start of `fit`, no `log_dir` and
+            no `run_dir`.
+        ImportError: at the start of `fit`, when the `tensorboard` package is missing.
+
+    Example:
+        >>> board = TensorBoard("runs/tb", update_freq=100, histogram_freq=5)
+        >>> learner.fit(model, train, epochs=10, validation_data=val, callbacks=[board])  # doctest: +SKIP
+        >>> # then: tensorboard --logdir runs/tb
+    """
+
+    def __init__(
+        self,
+        log_dir: str | os.PathLike | None = None,
+        update_freq: str | int = "epoch",
+        histogram_freq: int = 0,
+        write_graph: bool = False,
+    ) -> None:
+        if update_freq != "epoch" and (
+            not isinstance(update_freq, int) or isinstance(update_freq, bool) or update_freq < 1
+        ):
+            raise ValueError(
+                f"TensorBoard: update_freq must be 'epoch' or a positive int (steps), got {update_freq!r}."
+            )
+        if not isinstance(histogram_freq, int) or isinstance(histogram_freq, bool) or histogram_freq < 0:
+            raise ValueError(f"TensorBoard: histogram_freq must be an int >= 0 (epochs), got {histogram_freq!r}.")
+        self.log_dir = os.fspath(log_dir) if log_dir is not None else None
+        self.update_freq, self.histogram_freq, self.write_graph = update_freq, histogram_freq, bool(write_graph)
+        self.writers: dict[str, Any] = {}
+        self._graph_inputs: tuple[Any, ...] | None = None
+        self._graph_hook: Any = None
+        self._last_logs: dict[str, Any] = {}
+
+    def on_train_begin(self, logs: dict[str, Any]) -> None:
+        if not self.learner.is_main_process:
+            return
+        writer_class = _summary_writer()
+        folder = self._resolve_dir()
+        self.writers = {run: writer_class(os.path.join(folder, run)) for run in ("train", "validation")}
+        self.writers["train"].add_text("config", _markdown_table(self.learner.config()), self.learner.epoch)
+        if self.write_graph:
+            self._graph_hook = self.model.register_forward_pre_hook(self._capture_inputs)
+
+    def on_train_batch_end(self, batch: int, logs: Any) -> None:
+        if not self.writers:
+            return
+        if self._graph_inputs is not None:
+            self._write_graph()
+        learner = self.learner
+        if self.update_freq != "epoch" and learner.sync_gradients and learner.global_step % self.update_freq == 0:
+            train = self.writers["train"]
+            if learner.loss is not None:
+                train.add_scalar("batch_loss", float(learner.loss.detach()), learner.global_step)  # a sync
+            train.add_scalar("batch_lr", learner.learning_rates().get("lr", float("nan")), learner.global_step)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        if not self.writers:
+            return
+        for key, value in logs.items():
+            run, name = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
+            if isinstance(value, (int, float)):
+                self.writers[run].add_scalar(f"epoch_{name}", value, epoch)
+        if self.histogram_freq and (epoch + 1) % self.histogram_freq == 0:
+            for name, parameter in self.model.named_parameters():
+                self.writers["train"].add_histogram(name, parameter.detach().float().cpu(), epoch)
+        self._last_logs = dict(logs)
+        for writer in self.writers.values():
+            writer.flush()  # each epoch is on disk, for a TensorBoard that is watching
+
+    def on_train_end(self, logs: dict[str, Any]) -> None:
+        if self._graph_hook is not None:
+            self._graph_hook.remove()
+            self._graph_hook = None
+        if not self.writers:
+            return
+        self._write_hparams()
+        for writer in self.writers.values():
+            writer.close()
+        self.writers = {}
+
+    def _resolve_dir(self) -> str:
+        if self.log_dir is not None:
+            return self.log_dir
+        if self.learner.run_dir is None:
+            raise ValueError("TensorBoard() needs a log_dir, or Learner(run_dir=...) to write run_dir/tensorboard.")
+        return os.path.join(self.learner.run_dir, "tensorboard")
+
+    def _capture_inputs(self, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        self._graph_hook.remove()  # the first forward is enough
+        self._graph_hook = None
+        self._graph_inputs = args
+
+    def _write_graph(self) -> None:
+        inputs, self._graph_inputs = self._graph_inputs, None
+        if not inputs:
+            raise ValueError(
+                "TensorBoard(write_graph=True) traces model(*inputs), but this model was called with keyword "
+                "arguments only (a dict batch). Use write_graph=False."
+            )
+        with torch.no_grad():
+            self.writers["train"].add_graph(self.model, inputs, use_strict_trace=False)
+
+    def _write_hparams(self) -> None:
+        hparams = {
+            key: value
+            for key, value in self.learner.config()["hparams"].items()
+            if isinstance(value, (bool, int, float, str))  # what the HParams dashboard can show
+        }
+        if not hparams:
+            return
+        metrics = {f"hparam/{key}": value for key, value in self._last_logs.items() if isinstance(value, (int, float))}
+        # run_name="." keeps the summary inside train/ instead of a new run named after the clock.
+        self.writers["train"].add_hparams(hparams, metrics, run_name=".")
