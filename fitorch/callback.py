@@ -8,6 +8,7 @@ override an event, so an unused hook costs nothing on the hot path.
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +59,11 @@ class Callback:
 
     learner: Learner | None = None
 
+    saves_checkpoints: bool = False
+    """True for a callback that writes checkpoints: the learner runs such callbacks after all the
+    others (keeping their order), so that what they save holds every other callback's state after
+    the same event, `History`'s latest epoch included."""
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         for name in vars(cls):
@@ -84,6 +90,15 @@ class Callback:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what `state_dict()` returned. Does nothing by default."""
+
+    def resume_checkpoint(self) -> str | os.PathLike | None:
+        """A checkpoint this callback offers to continue from when `fit` starts; None by default.
+
+        `fit` asks every callback before `on_train_begin` and restores the first offer exactly, as
+        `fit(resume=path)` would (an offer takes precedence over `resume`). `BackupAndRestore` offers
+        its backup this way.
+        """
+        return None
 
     # Training events (Keras names and arguments, plus the PyTorch-specific ones).
     def on_train_begin(self, logs: dict[str, Any]) -> None:

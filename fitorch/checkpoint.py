@@ -286,8 +286,7 @@ def resume_learner(learner: Learner, resume: str | os.PathLike | bool | None) ->
 
 def _offered_checkpoint(learner: Learner) -> str | None:
     for callback in learner.event_callbacks or []:
-        offer = getattr(callback, "resume_checkpoint", None)
-        path = offer() if callable(offer) else None
+        path = callback.resume_checkpoint()
         if path is not None:
             return os.fspath(path)
     return None

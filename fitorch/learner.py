@@ -248,7 +248,35 @@ class Learner:
         self._check_fit_arguments(model, epochs, initial_epoch, validation_split, validation_data)
         self.run_hparams = _merge_hparams(self.hparams, hparams)
         self.accelerator = self._make_accelerator()
+        train_loader, val_loader = self._fit_loaders(data, validation_data, validation_split, batch_size, shuffle)
+        if self.seed is not None:
+            seed_everything(self.seed)
+        self._start_call(model, callbacks, training=True, validating=val_loader is not None)
+        train_loader = self.accelerator.prepare(train_loader)
+        val_loader = self.accelerator.prepare(val_loader) if val_loader is not None else None
+        self.epochs, self.epoch, self.global_step, self.batch = epochs, initial_epoch, 0, 0
+        self.stop_training, self.exception, self._skip_batches = False, None, 0
+        from fitorch.checkpoint import resume_learner  # it imports this module, so import it late
+
+        try:
+            resume_learner(self, resume)  # `resume`, or a backup a callback offers (BackupAndRestore)
+        except BaseException:
+            self._end_call()
+            raise
+        self.fitting = True
+        self._fit_loop(train_loader, val_loader)
+        return self.history
+
+    def _fit_loaders(
+        self,
+        data: DataLike,
+        validation_data: DataLike | None,
+        validation_split: float,
+        batch_size: int | None,
+        shuffle: bool | None,
+    ) -> tuple[DataLoader, DataLoader | None]:
         options = self._loader_options(batch_size, shuffle)
+        # Each epoch reseeds this generator with shuffle_seed + epoch (see _epoch_batches).
         self._shuffle_seed = self.seed if self.seed is not None else int(torch.randint(2**31, ()).item())
         self._shuffle_generator = options.generator = torch.Generator()
         if validation_split:
@@ -257,24 +285,10 @@ class Learner:
                 raise ValueError("validation_split needs tensors or a Dataset, not a DataLoader; pass validation_data.")
             data, validation_data = split_for_validation(dataset, validation_split)
         train_loader = make_loader(data, "data", options, train=True)
-        eval_options = LoaderOptions(batch_size or None, None, options.num_workers, options.pin_memory)
-        val_loader = (
-            make_loader(validation_data, "validation_data", eval_options, train=False)
-            if (validation_data is not None)
-            else None
-        )
-        if self.seed is not None:
-            seed_everything(self.seed)
-        self._start_call(model, callbacks, training=True)
-        train_loader = self.accelerator.prepare(train_loader)
-        val_loader = self.accelerator.prepare(val_loader) if val_loader is not None else None
-        self.epochs, self.epoch, self.global_step, self.batch = epochs, initial_epoch, 0, 0
-        self.stop_training, self.fitting, self.exception, self._skip_batches = False, True, None, 0
-        from fitorch.checkpoint import resume_learner  # it imports this module, so import it late
-
-        resume_learner(self, resume)  # `resume`, or a backup a callback offers (BackupAndRestore)
-        self._fit_loop(train_loader, val_loader)
-        return self.history
+        if validation_data is None:
+            return train_loader, None
+        eval_options = LoaderOptions(batch_size, None, options.num_workers, options.pin_memory)
+        return train_loader, make_loader(validation_data, "validation_data", eval_options, train=False)
 
     def evaluate(
         self,
@@ -627,7 +641,9 @@ class Learner:
             pin_memory=self.accelerator.device.type == "cuda",
         )
 
-    def _start_call(self, model: nn.Module, callbacks: Sequence[Callback] | None, training: bool) -> None:
+    def _start_call(
+        self, model: nn.Module, callbacks: Sequence[Callback] | None, training: bool, validating: bool = False
+    ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
         self.model = model
@@ -642,9 +658,11 @@ class Learner:
             self.prepared_model, self.optimizers = prepared[0], list(prepared[1:])
         else:
             self.prepared_model = self.accelerator.prepare_model(model, evaluation_mode=True)
-        self.event_callbacks = CallbackList(self._callbacks_for_call(callbacks, training), self)
+        self.event_callbacks = CallbackList(self._callbacks_for_call(callbacks, training, validating), self)
 
-    def _callbacks_for_call(self, callbacks: Sequence[Callback] | None, training: bool) -> list[Callback]:
+    def _callbacks_for_call(
+        self, callbacks: Sequence[Callback] | None, training: bool, validating: bool
+    ) -> list[Callback]:
         from fitorch.callbacks import History, ProgressBar  # built-ins import fitorch, so import them late
 
         chosen = [*self.callbacks, *(callbacks or [])]
@@ -652,26 +670,28 @@ class Learner:
             self.history = find_callback(chosen, History) or History()
             if self.history not in chosen:
                 chosen.append(self.history)
-            chosen.extend(self._run_dir_callbacks(chosen))
+            chosen.extend(self._run_dir_callbacks(chosen, validating))
         if find_callback(chosen, ProgressBar) is None:
             chosen.append(ProgressBar())
         # Callbacks that write checkpoints run last (stable order otherwise), so that what they save
         # holds every other callback's state after the event, History's latest epoch included.
-        chosen.sort(key=lambda callback: bool(getattr(callback, "saves_checkpoints", False)))
+        chosen.sort(key=lambda callback: isinstance(callback, Callback) and callback.saves_checkpoints)
         return chosen
 
-    def _run_dir_callbacks(self, chosen: Sequence[Callback]) -> list[Callback]:
+    def _run_dir_callbacks(self, chosen: Sequence[Callback], validating: bool) -> list[Callback]:
         """The standard set a fit with `run_dir` adds (docs/callbacks.md), minus kinds the user passed."""
         if self.run_dir is None:
             return []  # without run_dir, fit writes nothing to disk
         from importlib.util import find_spec
 
-        from fitorch.callbacks import CSVLogger, FileLogger, TensorBoard
+        from fitorch.callbacks import CSVLogger, FileLogger, ModelCheckpoint, TensorBoard
 
         defaults: list[Callback] = [FileLogger(), CSVLogger(os.path.join(self.run_dir, "metrics.csv"))]
         if find_spec("tensorboard") is not None:  # optional: event files only when tensorboard is installed
             defaults.append(TensorBoard())
-        # The default ModelCheckpoint (last and best epochs) joins this list once the checkpoint issue lands.
+        # run_dir/checkpoints/last and .../best, the best judged on validation loss when there is validation.
+        monitor = "val_loss" if validating else "loss"
+        defaults.append(ModelCheckpoint(monitor=monitor, save_best_only=True, save_last=True))
         return [callback for callback in defaults if find_callback(chosen, type(callback)) is None]
 
     def _end_call(self) -> None:

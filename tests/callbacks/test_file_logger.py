@@ -47,7 +47,8 @@ def test_run_dir_writes_train_log_metrics_csv_and_tensorboard_that_agree(tmp_pat
     )
     history = fit(learner, hparams={"depth": 3})
     run = tmp_path / "run"
-    assert {path.name for path in run.iterdir()} == {"train.log", "metrics.csv", "tensorboard"}
+    assert {path.name for path in run.iterdir()} == {"train.log", "metrics.csv", "tensorboard", "checkpoints"}
+    assert {path.name for path in (run / "checkpoints").iterdir()} == {"best", "last"}
     assert {path.name for path in (run / "tensorboard").iterdir()} == {"train", "validation"}
 
     lines = epoch_lines(run / "train.log")
@@ -70,7 +71,7 @@ def test_run_dir_writes_train_log_metrics_csv_and_tensorboard_that_agree(tmp_pat
 def test_a_callback_of_the_same_kind_replaces_the_default(tmp_path):
     learner = Learner(loss="cross_entropy", verbose=0, run_dir=tmp_path / "run")
     fit(learner, epochs=1, callbacks=[CSVLogger(tmp_path / "mine.csv"), TensorBoard(tmp_path / "tb")])
-    assert {path.name for path in (tmp_path / "run").iterdir()} == {"train.log"}
+    assert {path.name for path in (tmp_path / "run").iterdir()} == {"train.log", "checkpoints"}
     assert (tmp_path / "mine.csv").exists() and (tmp_path / "tb" / "train").exists()
 
 
