@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate.utils import DistributedType
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -81,12 +82,14 @@ def save_checkpoint(learner: Learner, path: str | os.PathLike, *, weights_only: 
     Raises:
         TypeError: `learner` is not a `Learner`, or a callback's state holds a value JSON cannot store.
         ValueError: the learner has no model yet, or `path` exists and is not a checkpoint.
+        NotImplementedError: the learner trains under FSDP or DeepSpeed (sharded state).
 
     Example:
         >>> learner.fit(model, (x, y), epochs=2)  # doctest: +SKIP
         >>> save_checkpoint(learner, "runs/exp1/final")  # doctest: +SKIP
     """
     model = _learner_model(learner, "save_checkpoint")
+    _refuse_sharded(learner, "save_checkpoint")
     path = os.fspath(path)
     accelerator = learner.accelerator
     rng_states = None if weights_only else _gather_rng_states(accelerator)  # a collective: every process
@@ -100,6 +103,16 @@ def save_checkpoint(learner: Learner, path: str | os.PathLike, *, weights_only: 
     if accelerator is not None:
         accelerator.wait_for_everyone()  # no process reads or moves on before the checkpoint is complete
     return path
+
+
+def _refuse_sharded(learner: Learner, action: str) -> None:
+    kind = getattr(learner.accelerator, "distributed_type", None)
+    if kind in (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
+        raise NotImplementedError(
+            f"{action}: fitorch checkpoints hold full tensors, and gathering the sharded model and optimizer "
+            f"state of a {kind.value} run into them is not supported yet. Use accelerator.save_state() / "
+            "load_state() for now, or train with plain data parallel."
+        )
 
 
 def load_checkpoint(learner_or_model: Learner | nn.Module, path: str | os.PathLike) -> dict[str, Any]:
@@ -124,6 +137,7 @@ def load_checkpoint(learner_or_model: Learner | nn.Module, path: str | os.PathLi
         ValueError: not a checkpoint, a damaged file, a newer format version, a checkpoint that does
             not fit the model or the optimizers, or a weights-only checkpoint given to a learner.
         TypeError: neither a `Learner` nor an `nn.Module`.
+        NotImplementedError: the learner trains under FSDP or DeepSpeed (sharded state).
 
     Example:
         >>> metadata = load_checkpoint(model, "runs/exp1/best")  # doctest: +SKIP
@@ -137,6 +151,7 @@ def load_checkpoint(learner_or_model: Learner | nn.Module, path: str | os.PathLi
         return checkpoint.metadata
     learner = learner_or_model
     model = _learner_model(learner, "load_checkpoint", "a fitorch.Learner or a torch.nn.Module")
+    _refuse_sharded(learner, "load_checkpoint")
     checkpoint = _read(path, training_state=True)
     _check_weights(model, checkpoint.weights, checkpoint.path, strict=True)
     optimizer_states = _check_optimizers(learner, checkpoint)

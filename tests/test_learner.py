@@ -367,3 +367,41 @@ def test_optimizer_factory_with_parameter_groups(data):
 
     history = Learner(loss="cross_entropy", optimizer=groups, verbose=0).fit(make_mlp(), (x, y), epochs=1)
     assert history.history["lr"] == [0.01] and history.history["lr_1"] == [0.1]
+
+
+def test_a_failing_resume_leaves_the_learner_clean(tmp_path, data):
+    x, y = data
+    model = make_mlp()
+    learner = Learner(loss="cross_entropy", mixed_precision="bf16", cpu=True, verbose=0)
+    with pytest.raises(FileNotFoundError):
+        learner.fit(model, (x, y), resume=tmp_path / "missing")
+    assert not learner.fitting
+    assert "_original_forward" not in vars(model)  # Accelerate's autocast wrapper was taken off again
+
+
+def test_run_dir_without_validation_keeps_last_and_best_by_training_loss(tmp_path, data):
+    from fitorch import load_checkpoint
+
+    x, y = data
+    learner = Learner(loss="cross_entropy", run_dir=tmp_path, verbose=0)
+    history = learner.fit(make_mlp(), (x, y), epochs=3)
+    best = load_checkpoint(make_mlp(), tmp_path / "checkpoints" / "best")
+    last = load_checkpoint(make_mlp(), tmp_path / "checkpoints" / "last")
+    assert last["loop"]["epoch"] == 3
+    best_epoch = min(range(3), key=history.history["loss"].__getitem__)
+    assert best["loop"]["epoch"] == best_epoch + 1
+
+
+def test_sharded_training_state_is_refused_with_a_clear_message(data):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from fitorch import save_checkpoint
+
+    x, y = data
+    learner = Learner(loss="cross_entropy", verbose=0)
+    learner.fit(make_mlp(), (x, y))
+    learner.accelerator = SimpleNamespace(distributed_type=DistributedType.FSDP, is_main_process=True)
+    with pytest.raises(NotImplementedError, match="sharded model and optimizer state of a FSDP run"):
+        save_checkpoint(learner, "unused")
