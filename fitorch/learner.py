@@ -16,7 +16,7 @@ import gc
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate import Accelerator
@@ -42,6 +42,9 @@ from fitorch.losses import check_targets, loss_from_outputs, model_predictions, 
 from fitorch.metrics import Tracker, resolve_metrics
 from fitorch.optimizers import OptimizerSpec, build_optimizers, check_optimizer
 from fitorch.seed import seed_everything
+
+if TYPE_CHECKING:  # the built-in callbacks import fitorch, so they are imported late at run time
+    from fitorch.callbacks import History
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
@@ -75,7 +78,7 @@ class Learner:
     """Trains, evaluates and runs PyTorch models, Keras style, on Hugging Face Accelerate.
 
     Args:
-        loss: a name (`"cross_entropy"`, `"mse"`, `"bce_with_logits"`, ...; see `fitorch.losses.LOSSES`),
+        loss: a name (`"cross_entropy"`, `"mse"`, `"bce_with_logits"`, ...; see `fitorch.LOSSES`),
             an `nn.Module` or a callable `(outputs, targets) -> scalar`. None when the model returns
             its own loss (`outputs.loss`, Hugging Face style).
         optimizer: a name (`"adamw"`, `"adam"`, `"sgd"`, `"rmsprop"`, `"adagrad"`, ...), an optimizer
@@ -101,15 +104,25 @@ class Learner:
         **optimizer_options: further keyword arguments for a named optimizer or class
             (for example `momentum=0.9` for `"sgd"`).
 
-    The learner is also the state that callbacks read and change during a call:
-    `model` (the user's model, unwrapped), `prepared_model` (what Accelerate prepared, used for
-    forward passes), `optimizer` / `optimizers`, `loss_fn`, `accelerator`, `epoch` (0-based),
-    `epochs`, `global_step` (real optimizer steps since the start of training), `batch` (index
-    within the current phase), `outputs`, `loss`, `logs`, `stop_training`, `history`, `run_dir`,
-    `sync_gradients` (whether the current micro-batch ends an accumulation window), `num_batches`
-    (batches in the running phase, None when unknown), `fitting` (inside `fit`, validation included),
-    `exception` (the error that is ending `fit`, seen by `on_train_end`; None on success: after a
-    failure, other processes may never reach a collective call, so skip any in `on_train_end`).
+    Attributes:
+        model: the user's model, unwrapped; after `fit` it holds the trained weights.
+        prepared_model: the model as Accelerate prepared it (DDP-wrapped under several processes);
+            steps call it for forward passes.
+        optimizer: the first (usually only) optimizer, as Accelerate prepared it; `optimizers` holds all.
+        loss_fn: the loss function in use (`LabelSmoothing` swaps it during training batches).
+        accelerator: the `accelerate.Accelerator` of the running (or last) call.
+        epoch: the current epoch, 0-based; `epochs` is the index to stop before.
+        global_step: real optimizer steps since the start of training (accumulation-aware).
+        batch: index of the current batch within the running phase (training, validation, prediction).
+        outputs: the outputs of the current batch; `loss` its loss (the one optimised, in training).
+        logs: the logs of the last epoch (`loss`, metrics, `val_*`, `lr`).
+        stop_training: set it to True to stop after the current batch or epoch.
+        history: the `History` of the running (or last) fit.
+        sync_gradients: whether the current micro-batch ends an accumulation window.
+        num_batches: batches in the running phase, None when unknown.
+        fitting: True inside `fit`, validation included.
+        exception: the error that is ending `fit`, as `on_train_end` sees it; None on success. After a
+            failure other processes may never reach a collective call: skip any in `on_train_end`.
 
     Example:
         >>> learner = Learner(loss="cross_entropy", optimizer="adamw", lr=1e-3, metrics=["accuracy"])
@@ -171,7 +184,7 @@ class Learner:
         self.prepared_model: nn.Module | None = None
         self.optimizers: list[torch.optim.Optimizer] = []
         self.accelerator: Accelerator | None = None
-        self.history: Any = None
+        self.history: History | None = None
         self.epoch, self.epochs, self.global_step, self.batch = 0, 0, 0, 0
         self.outputs: Any = None
         self.loss: torch.Tensor | None = None
@@ -219,7 +232,7 @@ class Learner:
         initial_epoch: int = 0,
         resume: str | os.PathLike | bool | None = None,
         hparams: Mapping[str, Any] | None = None,
-    ) -> Any:
+    ) -> History:
         """Train `model` on `data` for `epochs` epochs and return the `History`.
 
         Args:
@@ -302,6 +315,18 @@ class Learner:
 
         Fires `on_test_begin`, `on_test_batch_begin/end` and `on_test_end`. The values are exact
         means over all samples (across every process under distributed evaluation).
+
+        Args:
+            model: the model to evaluate (in eval mode, without gradients).
+            data: a DataLoader, a Dataset, or a tuple `(x, y)` / `(x1, x2, ..., y)` of tensors or arrays.
+            batch_size: batch size when fitorch builds the loader (default 32).
+            callbacks: extra callbacks for this call, after the learner's own.
+
+        Returns:
+            The loss (when there is one) and every metric, by name.
+
+        Raises:
+            ValueError, TypeError: bad arguments or data, before any batch runs.
         """
         self.accelerator = self._make_accelerator()
         loader = make_loader(data, "data", self._loader_options(batch_size, None), train=False)
@@ -325,6 +350,19 @@ class Learner:
         inputs), or a Dataset or DataLoader whose batches may carry targets, which are ignored. Tuple
         or dict outputs are concatenated element by element. Under several processes every process
         gets the full result.
+
+        Args:
+            model: the model to run (in eval mode, without gradients).
+            data: inputs (a tensor, an array, or a tuple of them), a Dataset or a DataLoader.
+            batch_size: batch size when fitorch builds the loader (default 32).
+            callbacks: extra callbacks for this call, after the learner's own.
+
+        Returns:
+            The outputs of every sample in dataset order, on the CPU: a tensor, or a tuple or dict of
+            tensors when the model returns one (`outputs.logits` for Hugging Face style outputs).
+
+        Raises:
+            ValueError, TypeError: bad arguments or data, before any batch runs.
         """
         self.accelerator = self._make_accelerator()
         loader = make_loader(data, "data", self._loader_options(batch_size, None), train=False)
@@ -343,6 +381,9 @@ class Learner:
         `self.optimizer_step(optimizer)` so that accumulation, clipping, mixed precision and the
         events keep working.
 
+        Args:
+            batch: one batch as the loader yields it.
+
         Returns:
             `(loss, outputs)`: the loss that was optimised and the outputs that metrics read.
         """
@@ -355,19 +396,41 @@ class Learner:
         return loss, outputs
 
     def test_step(self, batch: Any) -> tuple[torch.Tensor | None, Any]:
-        """One evaluation batch (gradients are off, the model in eval mode). Returns `(loss, outputs)`."""
+        """One evaluation batch (gradients are off, the model in eval mode).
+
+        Args:
+            batch: one batch as the loader yields it.
+
+        Returns:
+            `(loss, outputs)`; the loss is None when the batch carries no targets.
+        """
         inputs, targets = unpack_batch(batch)
         outputs = call_model(self.prepared_model, inputs)
         loss = self.compute_loss(outputs, targets) if targets is not None or self.loss_fn is None else None
         return loss, outputs
 
     def predict_step(self, batch: Any) -> Any:
-        """One prediction batch; returns what `predict` concatenates (`outputs.logits` for model outputs)."""
+        """One prediction batch.
+
+        Args:
+            batch: one batch as the loader yields it; targets in it are ignored.
+
+        Returns:
+            What `predict` concatenates: the model's outputs (`outputs.logits` for Hugging Face style outputs).
+        """
         inputs, _ = unpack_batch(batch)
         return model_predictions(call_model(self.prepared_model, inputs))
 
     def compute_loss(self, outputs: Any, targets: Any) -> torch.Tensor:
-        """The loss for one batch: `loss_fn(outputs, targets)`, or the model's own `outputs.loss`."""
+        """The loss for one batch: `loss_fn(outputs, targets)`, or the model's own `outputs.loss`.
+
+        Args:
+            outputs: what the model returned.
+            targets: the batch's targets (None for dict batches whose model computes the loss).
+
+        Raises:
+            ValueError, TypeError: on the first batch, targets that cannot work with a named loss.
+        """
         if self.loss_fn is None:
             return loss_from_outputs(outputs)
         if not self._targets_checked:
@@ -376,7 +439,11 @@ class Learner:
         return self.loss_fn(outputs, targets)
 
     def backward(self, loss: torch.Tensor) -> None:
-        """Backpropagate `loss` through Accelerate, firing `on_before_backward` and `on_after_backward`."""
+        """Backpropagate `loss` through Accelerate, firing `on_before_backward` and `on_after_backward`.
+
+        Args:
+            loss: the batch's mean loss; under accumulation fitorch weighs it by the batch's samples.
+        """
         self.event_callbacks.fire("on_before_backward", loss)
         if self._accumulating:
             # Each micro-batch adds its sample-weighted gradient; optimizer_step divides by the
@@ -386,7 +453,11 @@ class Learner:
         self.event_callbacks.fire("on_after_backward")
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer | None = None) -> None:
-        """Finish the gradients of `optimizer` (average, unscale, clip), fire `on_before_optimizer_step`, step, zero."""
+        """Finish the gradients of `optimizer` (average, unscale, clip), fire `on_before_optimizer_step`, step, zero.
+
+        Args:
+            optimizer: one of `self.optimizers`; the first when None.
+        """
         optimizer = optimizer or self.optimizer
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if self._accumulating:
