@@ -203,6 +203,7 @@ class Learner:
         self._shuffle_generator: torch.Generator | None = None
         self._shuffle_seed = 0
         self._skip_batches = 0
+        self._resumed_sums: Mapping[str, Any] | None = None
         self._batches_done = 0
         self._epoch_complete = False
 
@@ -268,7 +269,7 @@ class Learner:
         train_loader = self.accelerator.prepare(train_loader)
         val_loader = self.accelerator.prepare(val_loader) if val_loader is not None else None
         self.epochs, self.epoch, self.global_step, self.batch = epochs, initial_epoch, 0, 0
-        self.stop_training, self.exception, self._skip_batches = False, None, 0
+        self.stop_training, self.exception, self._skip_batches, self._resumed_sums = False, None, 0, None
         from fitorch.checkpoint import resume_learner  # it imports this module, so import it late
 
         try:
@@ -511,6 +512,9 @@ class Learner:
     def _train_epoch(self, loader: DataLoader) -> dict[str, float]:
         callbacks, tracker = self.event_callbacks, self._train_tracker
         tracker.reset()
+        if self._resumed_sums:  # resuming inside this epoch: count the batches trained before the resume
+            tracker.add_sums(self._resumed_sums, self.accelerator.device)
+            self._resumed_sums = None
         running_logs = self._running_logs(tracker)
         self._window_samples = 0
         for index, batch in self._epoch_batches(loader):
@@ -574,14 +578,30 @@ class Learner:
     # ------------------------------------------------------------------ helpers of the loop
 
     def loop_state(self) -> dict[str, Any]:
-        """Where the loop stands, for checkpoints: the next epoch and batch to run, the step count, the shuffle seed."""
-        epoch, batch = (self.epoch + 1, 0) if self._epoch_complete else (self.epoch, self._batches_done)
-        return {"epoch": epoch, "batch": batch, "global_step": self.global_step, "shuffle_seed": self._shuffle_seed}
+        """Where the loop stands, for checkpoints: the next epoch and batch to run, the step count, the shuffle seed.
+
+        Inside an epoch it also holds the epoch's running loss and metric sums (on one process; under
+        several, each process holds only its own share, so a resumed epoch counts its batches since
+        the resume).
+        """
+        if self._epoch_complete:
+            return {
+                "epoch": self.epoch + 1,
+                "batch": 0,
+                "global_step": self.global_step,
+                "shuffle_seed": self._shuffle_seed,
+            }
+        state = {"epoch": self.epoch, "batch": self._batches_done, "global_step": self.global_step}
+        state["shuffle_seed"] = self._shuffle_seed
+        if self._batches_done and self.accelerator.num_processes == 1:
+            state["running"] = self._train_tracker.sums()
+        return state
 
     def load_loop_state(self, state: Mapping[str, Any]) -> None:
         """Continue from a `loop_state()`: the next `fit` epoch starts there, skipping batches already trained."""
         self.epoch, self._skip_batches = int(state["epoch"]), int(state["batch"])
         self.global_step, self._shuffle_seed = int(state["global_step"]), int(state["shuffle_seed"])
+        self._resumed_sums = state.get("running")
         self._epoch_complete = False
 
     def learning_rates(self) -> dict[str, float]:

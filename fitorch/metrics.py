@@ -249,6 +249,25 @@ class Tracker:
             for metric in self.metrics.values():
                 metric.update(outputs, targets)
 
+    def sums(self) -> dict[str, list[float]]:
+        """The running sums and sample counts of the loss and the mean metrics, JSON-able (one host sync).
+
+        Mid-epoch checkpoints store them, so that a run resumed inside an epoch reports that epoch's
+        values over all of its batches.
+        """
+        pairs = {"loss": (self.loss_total, self.loss_count)}
+        pairs.update({n: (m.total, m.count) for n, m in self.metrics.items() if isinstance(m, MeanMetric)})
+        return {name: [float(total), count] for name, (total, count) in pairs.items() if total is not None}
+
+    def add_sums(self, sums: Mapping[str, Sequence[float]], device: torch.device) -> None:
+        """Start from sums that `sums()` returned; keys this tracker does not have are ignored."""
+        for name, (total, count) in sums.items():
+            tensor = torch.tensor(total, dtype=sum_dtype(device), device=device)
+            if name == "loss":
+                self.loss_total, self.loss_count = tensor, int(count)
+            elif isinstance(self.metrics.get(name), MeanMetric):
+                self.metrics[name].total, self.metrics[name].count = tensor, int(count)
+
     def results(
         self, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, device: torch.device | None = None
     ) -> dict[str, float]:

@@ -83,6 +83,8 @@ def test_the_same_fit_started_again_continues_exactly(tmp_path, straight, crash,
     assert first_epoch.epoch == (2 if save_freq == "epoch" else 1)  # restored before on_train_begin
     assert same(weights(straight), weights(resumed))
     assert resumed.history.history["val_loss"] == straight.history.history["val_loss"]
+    # the epoch resumed in its middle reports its loss over all of its batches, not only the later ones
+    assert resumed.history.history["loss"] == pytest.approx(straight.history.history["loss"], rel=1e-12)
     assert resumed.history.epoch == [0, 1, 2, 3]
     assert not backup.exists() and os.listdir(tmp_path) == []  # deleted once the fit completed
 
