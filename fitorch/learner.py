@@ -329,13 +329,7 @@ class Learner:
         Raises:
             ValueError, TypeError: bad arguments or data, before any batch runs.
         """
-        self.accelerator = self._make_accelerator()
-        loader = make_loader(data, "data", self._loader_options(batch_size, None), train=False)
-        self._start_call(model, callbacks, training=False)
-        try:
-            return self._evaluate_loader(self.accelerator.prepare(loader))
-        finally:
-            self._end_call()
+        return self._inference_call(model, data, batch_size, callbacks, self._evaluate_loader)
 
     def predict(
         self,
@@ -365,11 +359,19 @@ class Learner:
         Raises:
             ValueError, TypeError: bad arguments or data, before any batch runs.
         """
+        inputs_only = is_tensor_data(data)
+        return self._inference_call(
+            model, data, batch_size, callbacks, lambda loader: self._predict_loader(loader, inputs_only)
+        )
+
+    def _inference_call(
+        self, model: nn.Module, data: DataLike, batch_size: int | None, callbacks: Sequence[Callback] | None, run: Any
+    ) -> Any:
         self.accelerator = self._make_accelerator()
         loader = make_loader(data, "data", self._loader_options(batch_size, None), train=False)
         self._start_call(model, callbacks, training=False)
         try:
-            return self._predict_loader(self.accelerator.prepare(loader), inputs_only=is_tensor_data(data))
+            return run(self.accelerator.prepare(loader))
         finally:
             self._end_call()
 

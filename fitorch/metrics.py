@@ -127,15 +127,18 @@ class TopKAccuracy(MeanMetric):
         return (top == targets.unsqueeze(1)).any(dim=1).float()
 
 
+def _difference(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    # (N, 1) outputs against (N,) targets would broadcast to (N, N); compare element by element.
+    return outputs.reshape(targets.shape) - targets if outputs.numel() == targets.numel() else outputs - targets
+
+
 class MeanAbsoluteError(MeanMetric):
     """Mean absolute error over every element of every sample."""
 
     name = "mae"
 
     def batch_sum(self, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
-        difference = (
-            outputs.reshape(targets.shape) - targets if outputs.numel() == targets.numel() else outputs - targets
-        )
+        difference = _difference(outputs, targets)
         return difference.abs().sum(), difference.numel()
 
 
@@ -145,9 +148,7 @@ class MeanSquaredError(MeanMetric):
     name = "mse"
 
     def batch_sum(self, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
-        difference = (
-            outputs.reshape(targets.shape) - targets if outputs.numel() == targets.numel() else outputs - targets
-        )
+        difference = _difference(outputs, targets)
         return difference.square().sum(), difference.numel()
 
 

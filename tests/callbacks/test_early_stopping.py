@@ -8,19 +8,9 @@ import logging
 import pytest
 import torch
 
-from conftest import make_classification, make_mlp
+from conftest import Script, make_classification, make_mlp
 from fitorch import Callback, Learner, save_checkpoint
 from fitorch.callbacks import EarlyStopping
-
-
-class Script(Callback):
-    """Writes scripted values into the epoch logs, before the callbacks after it read them."""
-
-    def __init__(self, key: str, values: list[float]) -> None:
-        self.key, self.values = key, values
-
-    def on_epoch_end(self, epoch, logs):
-        logs[self.key] = self.values[epoch]
 
 
 class Weights(Callback):

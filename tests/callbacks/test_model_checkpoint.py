@@ -10,19 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_classification, make_mlp
+from conftest import Script, make_classification, make_mlp
 from fitorch import Callback, Learner, load_weights
 from fitorch.callbacks import ModelCheckpoint
-
-
-class Script(Callback):
-    """Writes scripted values into the epoch logs; runs before ModelCheckpoint, as every non-writer does."""
-
-    def __init__(self, key: str, values: list[float]) -> None:
-        self.key, self.values = key, values
-
-    def on_epoch_end(self, epoch, logs):
-        logs[self.key] = self.values[epoch]
 
 
 class Counter(Callback):

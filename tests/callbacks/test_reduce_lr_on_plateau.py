@@ -7,21 +7,13 @@ import json
 import pytest
 import torch
 
-from conftest import make_classification, make_mlp
-from fitorch import Callback, Learner
+from conftest import Script, make_classification, make_mlp
+from fitorch import Learner
 from fitorch.callbacks import ReduceLROnPlateau
 
 VAL_LOSS = [1.0, 0.9, 0.9, 0.95, 0.9, 0.85, 0.86, 0.849, 0.87, 0.88, 0.84, 0.9, 0.9, 0.9]
 VAL_ACCURACY = [0.5, 0.6, 0.6, 0.605, 0.6, 0.65, 0.655, 0.7, 0.7, 0.69, 0.705, 0.709, 0.6, 0.6]
 SETTINGS = {"factor": 0.5, "patience": 2, "min_delta": 0.01, "cooldown": 1, "min_lr": 0.004}
-
-
-class Script(Callback):
-    def __init__(self, key: str, values: list[float]) -> None:
-        self.key, self.values = key, values
-
-    def on_epoch_end(self, epoch, logs):
-        logs[self.key] = self.values[epoch]
 
 
 def two_groups(model):
