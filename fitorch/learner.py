@@ -203,6 +203,7 @@ class Learner:
         self._shuffle_generator: torch.Generator | None = None
         self._shuffle_seed = 0
         self._skip_batches = 0
+        self._plain_steps = False
         self._resumed_sums: Mapping[str, Any] | None = None
         self._batches_done = 0
         self._epoch_complete = False
@@ -452,7 +453,10 @@ class Learner:
             # Each micro-batch adds its sample-weighted gradient; optimizer_step divides by the
             # window's sample count, so a short last window weighs what it holds.
             loss = loss * self._batch_samples
-        self.accelerator.backward(loss)
+        if self._plain_steps:
+            loss.backward()
+        else:
+            self.accelerator.backward(loss)  # loss scaling (fp16), DeepSpeed, XLA
         self.event_callbacks.fire("on_after_backward")
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer | None = None) -> None:
@@ -466,7 +470,8 @@ class Learner:
         if self._accumulating:
             for param in params:
                 param.grad.div_(self._window_samples)
-        self.accelerator.unscale_gradients(optimizer)
+        if not self._plain_steps:
+            self.accelerator.unscale_gradients(optimizer)  # fp16: callbacks and clipping see true gradients
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
         self.event_callbacks.fire("on_before_optimizer_step", optimizer)
@@ -740,6 +745,12 @@ class Learner:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
         self.model = model
+        # Plain backward and optimizer steps are exactly what Accelerate would run in these modes.
+        self._plain_steps = self.accelerator.scaler is None and self.accelerator.distributed_type in (
+            DistributedType.NO,
+            DistributedType.MULTI_CPU,
+            DistributedType.MULTI_GPU,
+        )
         self._train_tracker = Tracker(self.metrics)
         self._test_tracker = Tracker(copy.deepcopy(self.metrics))
         self._targets_checked = False
@@ -749,6 +760,10 @@ class Learner:
                 self._optimizers_model = model
             prepared = self.accelerator.prepare(model, *self._raw_optimizers)
             self.prepared_model, self.optimizers = prepared[0], list(prepared[1:])
+            if self._plain_steps:
+                # Accelerate placed the optimizer state; its wrapper would only add checks that cost
+                # ~150 us a step (benchmarks/analysis.md), so steps go to the torch optimizers.
+                self.optimizers = [optimizer.optimizer for optimizer in self.optimizers]
         else:
             self.prepared_model = self.accelerator.prepare_model(model, evaluation_mode=True)
         self.event_callbacks = CallbackList(self._callbacks_for_call(callbacks, training, validating), self)

@@ -54,14 +54,15 @@ class MeanMetric:
         return values.sum(), values.numel()
 
     def values(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Per-sample values; subclasses override this or `batch_sum`."""
+        """Per-sample values (booleans count as 0 and 1); subclasses override this or `batch_sum`."""
         raise NotImplementedError
 
     def update(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
         """Add one batch."""
         batch_total, batch_count = self.batch_sum(outputs, targets)
-        batch_total = batch_total.detach().to(sum_dtype(batch_total.device))
-        self.total = batch_total if self.total is None else self.total + batch_total
+        if self.total is None:
+            self.total = torch.zeros((), dtype=sum_dtype(batch_total.device), device=batch_total.device)
+        self.total.add_(batch_total.detach())  # in place: one kernel per batch, no new tensor
         self.count += batch_count
 
     def compute(self) -> torch.Tensor:
@@ -99,10 +100,10 @@ class Accuracy(MeanMetric):
             predicted = outputs.argmax(dim=1)
             if targets.shape == outputs.shape:  # one-hot or probability targets
                 targets = targets.argmax(dim=1)
-            return (predicted == targets).float()
+            return predicted == targets  # booleans: their sum is the number correct
         threshold = 0.0 if self.from_logits in (None, True) else self.threshold
         predicted = outputs.reshape(-1) > threshold
-        return (predicted == targets.reshape(-1).bool()).float()
+        return predicted == targets.reshape(-1).bool()
 
 
 class TopKAccuracy(MeanMetric):
@@ -124,7 +125,7 @@ class TopKAccuracy(MeanMetric):
         if targets.shape == outputs.shape:
             targets = targets.argmax(dim=1)
         top = outputs.topk(min(self.k, outputs.shape[1]), dim=1).indices
-        return (top == targets.unsqueeze(1)).any(dim=1).float()
+        return (top == targets.unsqueeze(1)).any(dim=1)
 
 
 def _difference(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -243,8 +244,9 @@ class Tracker:
     def update(self, loss: torch.Tensor | None, outputs: Any, targets: Any, count: int) -> None:
         """Add one batch: `loss` is the batch mean over `count` samples."""
         if loss is not None:
-            weighted = loss.detach().to(sum_dtype(loss.device)) * count
-            self.loss_total = weighted if self.loss_total is None else self.loss_total + weighted
+            if self.loss_total is None:
+                self.loss_total = torch.zeros((), dtype=sum_dtype(loss.device), device=loss.device)
+            self.loss_total.add_(loss.detach(), alpha=count)  # in place: one kernel per batch
             self.loss_count += count
         if targets is not None:
             for metric in self.metrics.values():
