@@ -437,3 +437,30 @@ def test_a_bare_state_dict_file_saved_by_safetensors_loads(tmp_path):
     fresh = job.make_model(seed=9)
     load_weights(fresh, tmp_path / "weights.safetensors")
     assert_same_tensors(clone_state(model), clone_state(fresh))
+
+
+def test_the_tensor_writer_produces_standard_safetensors_for_every_dtype(tmp_path):
+    """fitorch writes safetensors files itself (no intermediate copy); safetensors must read them back."""
+    from safetensors import safe_open
+
+    from fitorch.checkpoint import _write_tensors
+
+    tensors = {
+        "f64": torch.randn(3, dtype=torch.float64),
+        "bf16": torch.randn(2, 3).to(torch.bfloat16),
+        "f16": torch.randn(5).half(),
+        "i64": torch.arange(7),
+        "u8": torch.arange(3, dtype=torch.uint8),
+        "flags": torch.tensor([True, False, True]),
+        "scalar": torch.tensor(2.5),
+        "empty": torch.zeros(0, 4),
+        "strided": torch.randn(4, 4).t(),  # not contiguous
+    }
+    info = _write_tensors(str(tmp_path / "t.safetensors"), tensors)
+    assert info["bytes"] == (tmp_path / "t.safetensors").stat().st_size
+    loaded = load_file(tmp_path / "t.safetensors")
+    assert loaded.keys() == tensors.keys()
+    for name, tensor in tensors.items():
+        assert loaded[name].dtype == tensor.dtype and torch.equal(loaded[name], tensor), name
+    with safe_open(tmp_path / "t.safetensors", "pt") as handle:
+        assert handle.metadata() == {"format": "pt"}
