@@ -267,8 +267,8 @@ def console_report(raw: Raw) -> str:
     return "\n\n".join(parts)
 
 
-def results_markdown(raw: Raw, meta: dict[str, Any], workload_notes: dict[str, str]) -> str:
-    """The whole of `benchmarks/RESULTS.md`."""
+def results_markdown(raw: Raw, meta: dict[str, Any], workload_notes: dict[str, str], analysis: str = "") -> str:
+    """The whole of `benchmarks/RESULTS.md`; `analysis` is the hand-written why of missed targets."""
     machine = "\n".join(f"- {key}: {value}" for key, value in meta["machine"].items())
     verdict_rows = [[v.target, v.measured, v.mark, v.cpu] for v in verdicts(raw)]
     sections = [
@@ -289,6 +289,8 @@ def results_markdown(raw: Raw, meta: dict[str, Any], workload_notes: dict[str, s
         "## Acceptance targets (issue 6)\n\n"
         + markdown_table(["target", "measured (wall-clock medians)", "met", "by CPU time"], verdict_rows),
     ]
+    if analysis:
+        sections.append("## Why (hand-written: `benchmarks/analysis.md`)\n\n" + analysis.strip())
     for workload in ("tiny", "cnn"):
         if workload in raw:
             sections.append(

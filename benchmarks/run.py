@@ -312,7 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     if output is None:
         _log("partial run: RESULTS.md left as it is (pass --output PATH to write a report)")
         return 0
-    output.write_text(results_markdown(raw, meta, workload_notes(meta.get("skipped", []))))
+    analysis = HERE / "analysis.md"
+    notes = workload_notes(meta.get("skipped", []))
+    output.write_text(results_markdown(raw, meta, notes, analysis.read_text() if analysis.exists() else ""))
     _log(f"wrote {output}")
     return 0
 
