@@ -204,6 +204,7 @@ class Learner:
         self._shuffle_seed = 0
         self._skip_batches = 0
         self._plain_steps = False
+        self._call_loaders: list[DataLoader | None] = []
         self._resumed_sums: Mapping[str, Any] | None = None
         self._batches_done = 0
         self._epoch_complete = False
@@ -269,6 +270,7 @@ class Learner:
         self._start_call(model, callbacks, training=True, validating=val_loader is not None)
         train_loader = self.accelerator.prepare(train_loader)
         val_loader = self.accelerator.prepare(val_loader) if val_loader is not None else None
+        self._call_loaders = [train_loader, val_loader]
         self.epochs, self.epoch, self.global_step, self.batch = epochs, initial_epoch, 0, 0
         self.stop_training, self.exception, self._skip_batches, self._resumed_sums = False, None, 0, None
         from fitorch.checkpoint import resume_learner  # it imports this module, so import it late
@@ -371,8 +373,9 @@ class Learner:
         self.accelerator = self._make_accelerator()
         loader = make_loader(data, "data", self._loader_options(batch_size, None), train=False)
         self._start_call(model, callbacks, training=False)
+        self._call_loaders = [self.accelerator.prepare(loader)]
         try:
-            return run(self.accelerator.prepare(loader))
+            return run(self._call_loaders[0])
         finally:
             self._end_call()
 
@@ -557,8 +560,8 @@ class Learner:
         with torch.no_grad():
             for self.batch, batch in enumerate(loader):
                 callbacks.fire("on_test_batch_begin", self.batch, {})
-                loss, outputs = self.test_step(batch)
-                self._track(tracker, loss, outputs, unpack_batch(batch)[1])
+                self.loss, self.outputs = self.test_step(batch)
+                self._track(tracker, self.loss, self.outputs, unpack_batch(batch)[1])
                 callbacks.fire("on_test_batch_end", self.batch, running_logs())
         results = tracker.results(**self._reduce_options())
         callbacks.fire("on_test_end", results)
@@ -577,6 +580,7 @@ class Learner:
                 outputs = self.predict_step(batch)
                 if self.accelerator.num_processes > 1:
                     outputs = self.accelerator.gather_for_metrics(outputs)  # drops the sampler's padding
+                self.outputs = outputs
                 chunks.append(_to_device(outputs, "cpu"))
                 callbacks.fire("on_predict_batch_end", self.batch, {"outputs": outputs})
         callbacks.fire("on_predict_end", {})
@@ -806,9 +810,12 @@ class Learner:
         # Accelerate patched the model's forward for mixed precision; give the user back their model.
         if self.prepared_model is not None:
             self.accelerator.unwrap_model(self.prepared_model, keep_fp32_wrapper=False)
-        if self.prepared_model is not self.model:
+        workers = any(getattr(loader, "num_workers", 0) for loader in self._call_loaders)
+        self._call_loaders = []
+        if self.prepared_model is not self.model or workers:
             # Drop every reference to the DDP wrapper (the last graph holds its gradient hooks): one
             # still alive when the process group is destroyed at exit aborts the process and the job.
+            # Accelerate also holds the loaders, whose persistent workers would outlive the call.
             self.prepared_model = self.model
             self.loss, self.outputs = _to_device(self.loss, None), _to_device(self.outputs, None)
             self.accelerator.free_memory()

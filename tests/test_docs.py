@@ -131,12 +131,22 @@ def test_index_quickstart_runs_as_pasted(tmp_path: Path):
     assert accuracy > 0.9, output
 
 
+# The pages whose code runs, each as one script; index.md's runs in test_index_quickstart_runs_as_pasted.
+SNIPPET_PAGES = ["guide.md", "migrating.md", "callbacks.md", "writing-callbacks.md", "checkpoints.md", "api/index.md"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("page", ["guide.md", "migrating.md"])
+@pytest.mark.parametrize("page", SNIPPET_PAGES)
 def test_page_snippets_run_in_order(page: str, tmp_path: Path):
     blocks = python_blocks(DOCS / page)
     assert blocks, f"{page} has no runnable python block"
     run_blocks(DOCS / page, blocks, tmp_path)
+
+
+def test_every_page_with_code_runs_it():
+    pages = {page.relative_to(DOCS).as_posix() for page in DOCS.rglob("*.md") if python_blocks(page)}
+    untested = sorted(pages - {"index.md", *SNIPPET_PAGES})
+    assert untested == [], f"add to SNIPPET_PAGES, or mark blocks that cannot run with {SKIP_MARK}: {untested}"
 
 
 def test_snippet_extraction_honours_the_skip_mark(tmp_path: Path):

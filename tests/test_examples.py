@@ -17,6 +17,18 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 EXPECTED_OUTPUT = {
     "quickstart.py": r"validation accuracy: 0\.\d+",
     "custom_step.py": r"generated points: radius \d+\.\d+ ± \d+\.\d+, \d/8 sectors",
+    "vision.py": r"best val_accuracy (0\.\d+); reloaded model: \1\n",
+    "custom_callback.py": r"grad_norm per epoch: \[\d+\.\d+, \d+\.\d+\]",
+    "resume.py": r"resumed run equals the uninterrupted run: weights True, history True",
+    "distributed.py": r"best val_accuracy: 0\.\d+ after 2 epochs",
+}
+
+# Arguments after `--fast`; "{tmp}" is the test's temporary folder. Examples that write files take a
+# run folder there, so the suite never writes into the repository (the default is under runs/).
+ARGUMENTS = {
+    "vision.py": ["--run-dir", "{tmp}/runs/vision"],
+    "custom_callback.py": ["--run-dir", "{tmp}/runs/custom_callback"],
+    "distributed.py": ["--run-dir", "{tmp}/runs/distributed"],
 }
 
 # One torch thread: the models are tiny, and on a small machine shared with other tests torch's thread
@@ -31,8 +43,14 @@ def example_scripts() -> list[Path]:
 @pytest.mark.slow
 @pytest.mark.parametrize("script", example_scripts(), ids=lambda path: path.name)
 def test_example_runs_in_fast_mode(script: Path, tmp_path: Path):
+    arguments = [argument.format(tmp=tmp_path) for argument in ARGUMENTS.get(script.name, [])]
     result = subprocess.run(
-        [sys.executable, str(script), "--fast"], cwd=tmp_path, capture_output=True, text=True, timeout=180, env=ENV
+        [sys.executable, str(script), "--fast", *arguments],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=ENV,
     )
     assert result.returncode == 0, f"{script.name} --fast failed:\n{result.stderr[-4000:]}"
     pattern = EXPECTED_OUTPUT.get(script.name, r"\S")
@@ -42,3 +60,4 @@ def test_example_runs_in_fast_mode(script: Path, tmp_path: Path):
 def test_expected_outputs_name_existing_examples():
     names = {script.name for script in example_scripts()}
     assert set(EXPECTED_OUTPUT) <= names, f"listed but missing: {sorted(set(EXPECTED_OUTPUT) - names)}"
+    assert set(ARGUMENTS) <= names, f"arguments for missing examples: {sorted(set(ARGUMENTS) - names)}"

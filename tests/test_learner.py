@@ -405,3 +405,32 @@ def test_sharded_training_state_is_refused_with_a_clear_message(data):
     learner.accelerator = SimpleNamespace(distributed_type=DistributedType.FSDP, is_main_process=True)
     with pytest.raises(NotImplementedError, match="sharded model and optimizer state of a FSDP run"):
         save_checkpoint(learner, "unused")
+
+
+def test_callbacks_see_each_validation_batch_outputs_and_loss():
+    x, y = make_classification(n=40)
+    sizes = []
+
+    class Peek(Callback):
+        def on_test_batch_end(self, batch, logs):
+            sizes.append((len(self.learner.outputs), self.learner.loss.ndim))
+
+    Learner(loss="cross_entropy", verbose=0).fit(
+        make_mlp(), (x[:30], y[:30]), epochs=1, batch_size=7, validation_data=(x[30:], y[30:]), callbacks=[Peek()]
+    )
+    assert sizes == [(7, 0), (3, 0)]
+
+
+def test_loader_workers_do_not_outlive_fit():
+    import gc
+    import multiprocessing
+
+    from torch.utils.data import Subset, TensorDataset
+
+    x, y = make_classification(n=32)
+    dataset = Subset(TensorDataset(x, y), range(32))
+    learner = Learner(loss="cross_entropy", num_workers=1, verbose=0)
+    learner.fit(make_mlp(), dataset, epochs=2, batch_size=8, validation_data=dataset)
+    assert learner.history.epoch == [0, 1]
+    gc.collect()
+    assert multiprocessing.active_children() == []
