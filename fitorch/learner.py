@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, is_initialized
-from accelerate.utils import DistributedType
+from accelerate.utils import DistributedType, GradientAccumulationPlugin
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -714,7 +714,13 @@ class Learner:
                 # Accelerate keeps one global state per process; another learner of this process
                 # asked for other settings, so start it afresh (the process group is kept).
                 AcceleratorState._reset_state()
-        accelerator = Accelerator(mixed_precision=mixed_precision, cpu=self.cpu or _cpu_processes_launched())
+        accelerator = Accelerator(
+            mixed_precision=mixed_precision,
+            cpu=self.cpu or _cpu_processes_launched(),
+            # fitorch runs the accumulation windows itself (weighted by samples); an Accelerator that
+            # read --gradient_accumulation_steps from the launcher would also divide every loss by it.
+            gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=1),
+        )
         if accelerator.num_processes > 1:
             _destroy_process_group_at_exit()
         if accelerator.distributed_type == DistributedType.DEEPSPEED:

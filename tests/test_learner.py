@@ -434,3 +434,20 @@ def test_loader_workers_do_not_outlive_fit():
     assert learner.history.epoch == [0, 1]
     gc.collect()
     assert multiprocessing.active_children() == []
+
+
+def test_launcher_accumulation_setting_is_applied_once(monkeypatch, data):
+    """`accelerate launch --gradient_accumulation_steps 2` sets an environment variable; the loss must not
+    also be divided by it (the fp16-free path and Accelerate's own backward must agree)."""
+    x, y = make_classification(n=32)
+    reference = make_mlp()
+    Learner(loss="cross_entropy", optimizer="sgd", lr=0.5, grad_accum_steps=2, verbose=0).fit(
+        reference, (x, y), batch_size=8, shuffle=False
+    )
+    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "2")
+    launched = make_mlp()
+    learner = Learner(loss="cross_entropy", optimizer="sgd", lr=0.5, verbose=0)
+    learner.fit(launched, (x, y), batch_size=8, shuffle=False)
+    assert learner.grad_accum_steps == 2 and learner.accelerator.gradient_accumulation_steps == 1
+    for ours, theirs in zip(launched.parameters(), reference.parameters()):
+        torch.testing.assert_close(ours, theirs)
