@@ -595,16 +595,9 @@ class Learner:
         several, each process holds only its own share, so a resumed epoch counts its batches since
         the resume).
         """
-        if self._epoch_complete:
-            return {
-                "epoch": self.epoch + 1,
-                "batch": 0,
-                "global_step": self.global_step,
-                "shuffle_seed": self._shuffle_seed,
-            }
-        state = {"epoch": self.epoch, "batch": self._batches_done, "global_step": self.global_step}
-        state["shuffle_seed"] = self._shuffle_seed
-        if self._batches_done and self.accelerator.num_processes == 1:
+        epoch, batch = (self.epoch + 1, 0) if self._epoch_complete else (self.epoch, self._batches_done)
+        state = {"epoch": epoch, "batch": batch, "global_step": self.global_step, "shuffle_seed": self._shuffle_seed}
+        if batch and self.accelerator.num_processes == 1:
             state["running"] = self._train_tracker.sums()
         return state
 
