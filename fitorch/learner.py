@@ -108,7 +108,8 @@ class Learner:
         model: the user's model, unwrapped; after `fit` it holds the trained weights.
         prepared_model: the model as Accelerate prepared it (DDP-wrapped under several processes);
             steps call it for forward passes.
-        optimizer: the first (usually only) optimizer, as Accelerate prepared it; `optimizers` holds all.
+        optimizer: the first (usually only) optimizer; `optimizers` holds all. They are the torch
+            optimizers, or Accelerate's wrappers of them when fp16 loss scaling, DeepSpeed or XLA needs those.
         loss_fn: the loss function in use (`LabelSmoothing` swaps it during training batches).
         accelerator: the `accelerate.Accelerator` of the running (or last) call.
         epoch: the current epoch, 0-based; `epochs` is the index to stop before.
@@ -213,7 +214,7 @@ class Learner:
 
     @property
     def optimizer(self) -> torch.optim.Optimizer | None:
-        """The first (usually only) optimizer, as prepared by Accelerate."""
+        """The first (usually only) optimizer of the running (or last) fit."""
         return self.optimizers[0] if self.optimizers else None
 
     @property
