@@ -725,7 +725,7 @@ def _write_tensors(file: str, tensors: dict[str, torch.Tensor]) -> dict[str, int
     with open(file, "wb") as handle:
         for chunk in (len(encoded).to_bytes(8, "little"), encoded, *buffers):
             handle.write(chunk)
-            checksum, size = zlib.crc32(chunk, checksum), size + len(memoryview(chunk).cast("B"))
+            checksum, size = zlib.crc32(chunk, checksum), size + len(chunk)  # bytes, or 1-D uint8 arrays
         handle.flush()
         os.fsync(handle.fileno())
     return {"bytes": size, "crc32": checksum}

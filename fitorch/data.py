@@ -137,9 +137,7 @@ def make_loader(data: DataLike, name: str, options: LoaderOptions, *, train: boo
     shuffle = train if options.shuffle is None else options.shuffle
     if iterable and shuffle and options.shuffle:
         raise ValueError(f"{name} is an IterableDataset, which cannot be shuffled by index; pass shuffle=False.")
-    batch_size = options.batch_size or DEFAULT_BATCH_SIZE
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+    batch_size = options.batch_size or DEFAULT_BATCH_SIZE  # the learner checked it where it was given
     workers = default_num_workers(dataset) if options.num_workers is None else options.num_workers
     return DataLoader(
         dataset,

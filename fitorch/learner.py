@@ -155,7 +155,7 @@ class Learner:
         if not isinstance(optimizer, str) and not callable(optimizer):
             raise TypeError(f"optimizer must be a name, an optimizer class or a callable, got {optimizer!r}.")
         if isinstance(optimizer, str) or isinstance(optimizer, type):
-            optimizer_options = {"lr": _non_negative_float(lr, "lr"), **optimizer_options}
+            optimizer_options = {"lr": _checked_number(lr, "lr", allow_zero=True), **optimizer_options}
             if weight_decay is not None:
                 optimizer_options["weight_decay"] = weight_decay
         check_optimizer(optimizer, optimizer_options)
@@ -165,10 +165,12 @@ class Learner:
         if mixed_precision is not None and mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {mixed_precision!r}.")
         self.mixed_precision = mixed_precision
-        self.grad_accum_steps = _positive_int(grad_accum_steps, "grad_accum_steps") if grad_accum_steps else None
-        self.grad_clip = _positive_float(grad_clip, "grad_clip") if grad_clip is not None else None
-        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
-            raise ValueError(f"seed must be a non-negative int, got {seed!r}.")
+        self.grad_accum_steps = (
+            _checked_int(grad_accum_steps, "grad_accum_steps") if grad_accum_steps is not None else None
+        )
+        self.grad_clip = _checked_number(grad_clip, "grad_clip") if grad_clip is not None else None
+        if seed is not None:
+            _checked_int(seed, "seed", minimum=0)
         self.seed, self.cpu = seed, bool(cpu)
         if verbose not in (0, 1, 2):
             raise ValueError(
@@ -582,7 +584,7 @@ class Learner:
                 if self.accelerator.num_processes > 1:
                     outputs = self.accelerator.gather_for_metrics(outputs)  # drops the sampler's padding
                 self.outputs = outputs
-                chunks.append(_to_device(outputs, "cpu"))
+                chunks.append(_detached(outputs, "cpu"))
                 callbacks.fire("on_predict_batch_end", self.batch, {"outputs": outputs})
         callbacks.fire("on_predict_end", {})
         return concat_outputs(chunks) if chunks else None
@@ -730,10 +732,8 @@ class Learner:
         return accelerator
 
     def _loader_options(self, batch_size: int | None, shuffle: bool | None) -> LoaderOptions:
-        if batch_size is not None and (
-            not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1
-        ):
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+        if batch_size is not None:
+            _checked_int(batch_size, "batch_size")
         if shuffle is not None and not isinstance(shuffle, bool):
             raise TypeError(f"shuffle must be True, False or None, got {shuffle!r}.")
         return LoaderOptions(
@@ -817,7 +817,7 @@ class Learner:
             # still alive when the process group is destroyed at exit aborts the process and the job.
             # Accelerate also holds the loaders, whose persistent workers would outlive the call.
             self.prepared_model = self.model
-            self.loss, self.outputs = _to_device(self.loss, None), _to_device(self.outputs, None)
+            self.loss, self.outputs = _detached(self.loss), _detached(self.outputs)
             self.accelerator.free_memory()
 
     def _check_fit_arguments(
@@ -825,7 +825,7 @@ class Learner:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
-        _positive_int(epochs, "epochs")
+        _checked_int(epochs, "epochs")
         if not isinstance(initial_epoch, int) or not 0 <= initial_epoch <= epochs:
             raise ValueError(f"initial_epoch must be an int in [0, epochs={epochs}], got {initial_epoch!r}.")
         if not isinstance(validation_split, (int, float)) or not 0 <= validation_split < 1:
@@ -878,15 +878,17 @@ def _json_safe(value: Any) -> Any:
     return f"{getattr(value, '__module__', '')}.{name}" if name else repr(value)
 
 
-def _positive_int(value: Any, name: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}.")
+def _checked_int(value: Any, name: str, minimum: int = 1) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        kind = "a positive int" if minimum == 1 else "a non-negative int"
+        raise ValueError(f"{name} must be {kind}, got {value!r}.")
     return value
 
 
-def _positive_float(value: Any, name: str) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}.")
+def _checked_number(value: Any, name: str, allow_zero: bool = False) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not (value >= 0 if allow_zero else value > 0):
+        kind = "a number >= 0" if allow_zero else "a positive number"
+        raise ValueError(f"{name} must be {kind}, got {value!r}.")
     return float(value)
 
 
@@ -897,19 +899,13 @@ def _length(loader: DataLoader) -> int | None:
         return None
 
 
-def _non_negative_float(value: Any, name: str) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
-        raise ValueError(f"{name} must be a number >= 0, got {value!r}.")
-    return float(value)
-
-
-def _to_device(value: Any, device: str | None) -> Any:
+def _detached(value: Any, device: str | None = None) -> Any:
     """Detach every tensor in `value` (tuples, lists and dicts kept), moving it to `device` if given."""
     if isinstance(value, torch.Tensor):
         value = value.detach()
         return value if device is None else value.to(device)
     if isinstance(value, Mapping):
-        return {key: _to_device(item, device) for key, item in value.items()}
+        return {key: _detached(item, device) for key, item in value.items()}
     if isinstance(value, (tuple, list)):
-        return type(value)(_to_device(item, device) for item in value)
+        return type(value)(_detached(item, device) for item in value)
     return value

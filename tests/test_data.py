@@ -169,6 +169,9 @@ def untrained_check(model):
         ({"loss": "cross_entropy", "mixed_precision": "fp8"}, "mixed_precision must be one of"),
         ({"loss": "cross_entropy", "verbose": 3}, "verbose must be 0"),
         ({"loss": "cross_entropy", "grad_clip": -1}, "grad_clip must be a positive number, got -1"),
+        ({"loss": "cross_entropy", "grad_accum_steps": 0}, "grad_accum_steps must be a positive int, got 0"),
+        ({"loss": "cross_entropy", "seed": -1}, "seed must be a non-negative int, got -1"),
+        ({"loss": "cross_entropy", "lr": -0.1}, "lr must be a number >= 0, got -0.1"),
     ],
 )
 def test_bad_learner_arguments_fail_at_construction(kwargs, message):
