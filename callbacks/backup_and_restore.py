@@ -11,8 +11,8 @@ import logging
 import os
 from typing import Any
 
-from fitorch import Callback, delete_checkpoint, latest_checkpoint, save_checkpoint
-from fitorch.callbacks.model_checkpoint import check_save_freq, step_save_due
+from fitorch import Callback, Every, delete_checkpoint, latest_checkpoint, save_checkpoint
+from fitorch.checks import check_bool, check_path
 
 logger = logging.getLogger("fitorch")
 
@@ -56,13 +56,10 @@ class BackupAndRestore(Callback):
         save_freq: str | int = "epoch",
         delete_checkpoint: bool = True,
     ) -> None:
-        if backup_dir is not None and not isinstance(backup_dir, (str, os.PathLike)):
-            raise TypeError(f"BackupAndRestore: backup_dir must be a path, got {backup_dir!r}.")
-        if not isinstance(delete_checkpoint, bool):
-            raise TypeError(f"BackupAndRestore: delete_checkpoint must be True or False, got {delete_checkpoint!r}.")
-        self.backup_dir = os.fspath(backup_dir) if backup_dir is not None else None
-        self.save_freq = check_save_freq(save_freq, "BackupAndRestore")
-        self.delete_checkpoint = delete_checkpoint
+        self.backup_dir = check_path(backup_dir, "backup_dir", allow_none=True, owner="BackupAndRestore")
+        self.save_freq = save_freq
+        self.save_every = Every.parse(save_freq, "save_freq", owner="BackupAndRestore")
+        self.delete_checkpoint = check_bool(delete_checkpoint, "delete_checkpoint", owner="BackupAndRestore")
         self.failed = False
 
     def path(self) -> str:
@@ -98,11 +95,11 @@ class BackupAndRestore(Callback):
         self.failed = False
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
-        if self.save_freq == "epoch":
+        if self.save_every.epoch_due(epoch):
             save_checkpoint(self.learner, self.path())
 
     def on_train_batch_end(self, batch: int, logs: Any) -> None:
-        if step_save_due(self.learner, self.save_freq, batch):
+        if self.save_every.step_due(self.learner) and not _last_batch(self.learner, batch):
             save_checkpoint(self.learner, self.path())
 
     def on_exception(self, exception: BaseException) -> None:
@@ -115,3 +112,8 @@ class BackupAndRestore(Callback):
             delete_checkpoint(self.path())
         # No process may start another fit and find the backup before it is gone.
         self.learner.accelerator.wait_for_everyone()
+
+
+def _last_batch(learner: Any, batch: int) -> bool:
+    # The epoch-end work follows at once; a checkpoint there would resume into an epoch with no batch left.
+    return learner.num_batches is not None and batch + 1 >= learner.num_batches

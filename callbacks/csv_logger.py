@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from fitorch import Callback
+from fitorch.checks import check_bool, check_path, check_str
 
 
 class CSVLogger(Callback):
@@ -35,13 +36,10 @@ class CSVLogger(Callback):
     """
 
     def __init__(self, filename: str | os.PathLike, separator: str = ",", append: bool = False) -> None:
-        if not isinstance(filename, (str, os.PathLike)):
-            raise TypeError(f"CSVLogger: filename must be a path, got {filename!r}.")
-        if not isinstance(separator, str) or len(separator) != 1:
+        self.filename = check_path(filename, "filename", owner="CSVLogger")
+        if len(check_str(separator, "separator", owner="CSVLogger")) != 1:
             raise ValueError(f"CSVLogger: separator must be one character such as ',' or ';', got {separator!r}.")
-        if not isinstance(append, bool):
-            raise TypeError(f"CSVLogger: append must be True or False, got {append!r}.")
-        self.filename, self.separator, self.append = os.fspath(filename), separator, append
+        self.separator, self.append = separator, check_bool(append, "append", owner="CSVLogger")
         self.header: list[str] | None = None
         self._continue_from: int | None = None
 

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from fitorch import Callback, Monitor
+from fitorch.checks import check_bool, check_int, check_number
 
 logger = logging.getLogger("fitorch")
 
@@ -60,10 +61,10 @@ class EarlyStopping(Callback):
         restore_best_weights: bool = False,
         start_from_epoch: int = 0,
     ) -> None:
-        _check_count(patience, "patience")
-        _check_count(start_from_epoch, "start_from_epoch")
-        if baseline is not None and (not isinstance(baseline, (int, float)) or isinstance(baseline, bool)):
-            raise ValueError(f"EarlyStopping: baseline must be a number or None, got {baseline!r}.")
+        owner = "EarlyStopping"
+        check_int(patience, "patience", minimum=0, owner=owner)
+        check_int(start_from_epoch, "start_from_epoch", minimum=0, owner=owner)
+        check_number(baseline, "baseline", allow_none=True, owner=owner)
         self.watch = Monitor(monitor, mode, min_delta, owner="EarlyStopping")
         # A second Monitor with no best of its own answers "does this value beat the baseline?".
         self.baseline_watch = (
@@ -73,7 +74,7 @@ class EarlyStopping(Callback):
         )
         self.monitor, self.mode, self.min_delta, self.baseline = monitor, self.watch.mode, float(min_delta), baseline
         self.patience, self.start_from_epoch = patience, start_from_epoch
-        self.restore_best_weights = bool(restore_best_weights)
+        self.restore_best_weights = check_bool(restore_best_weights, "restore_best_weights", owner=owner)
         self.best_weights: dict[str, torch.Tensor] | None = None
         self.best_weights_epoch: int | None = None
         self._resumed = False
@@ -166,8 +167,3 @@ class EarlyStopping(Callback):
         )
         self.best_weights_epoch = state.get("best_weights_epoch") if weights else None
         self._resumed = True
-
-
-def _check_count(value: Any, name: str) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"EarlyStopping: {name} must be an int >= 0, got {value!r}.")

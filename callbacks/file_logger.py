@@ -18,6 +18,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from fitorch import Callback
+from fitorch.checks import check_path
 
 logger = logging.getLogger("fitorch")
 FILE_FORMAT = "%(asctime)s %(levelname)s %(message)s"
@@ -68,9 +69,7 @@ class FileLogger(Callback):
     """
 
     def __init__(self, filename: str | os.PathLike | None = None) -> None:
-        if filename is not None and not isinstance(filename, (str, os.PathLike)):
-            raise TypeError(f"FileLogger: filename must be a path or None, got {filename!r}.")
-        self.filename = os.fspath(filename) if filename is not None else None
+        self.filename = check_path(filename, "filename", allow_none=True, owner="FileLogger")
         self.path: str | None = None
         self._handlers: list[logging.Handler] = []
         self._previous_level: int | None = None

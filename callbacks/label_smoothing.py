@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fitorch import Callback
+from fitorch.checks import check_number
 
 
 class LabelSmoothing(Callback):
@@ -36,9 +37,9 @@ class LabelSmoothing(Callback):
     """
 
     def __init__(self, smoothing: float = 0.1) -> None:
-        if not isinstance(smoothing, (int, float)) or isinstance(smoothing, bool) or not 0 <= smoothing < 1:
-            raise ValueError(f"LabelSmoothing: smoothing must be in [0, 1), got {smoothing!r}; 0.1 is common.")
-        self.smoothing = float(smoothing)
+        self.smoothing = check_number(
+            smoothing, "smoothing", minimum=0, maximum=1, open_max=True, owner="LabelSmoothing"
+        )
         self.original_loss_fn: Any = None
         self.smoothed_loss_fn: nn.CrossEntropyLoss | None = None
 

@@ -19,6 +19,7 @@ from typing import Any
 from torch.optim import lr_scheduler
 
 from fitorch import Callback
+from fitorch.checks import check_choice, check_int, check_number
 
 Factor = Callable[[int], float]
 INTERVALS = ("epoch", "step")
@@ -49,16 +50,15 @@ def _exponential(span: int, gamma: float | None = None) -> Factor:
 
 def _step(span: int, step_size: int | None = None, gamma: float = 0.1) -> Factor:
     step_size = max(1, math.ceil(span / 3)) if step_size is None else step_size
-    if not isinstance(step_size, int) or isinstance(step_size, bool) or step_size < 1:
-        raise ValueError(f"LRScheduler('step'): step_size must be a positive int, got {step_size!r}.")
+    check_int(step_size, "step_size", minimum=1, owner="LRScheduler('step')")
     _check_positive(gamma, "gamma")
     return lambda t: gamma ** (t // step_size)
 
 
 def _multistep(span: int, milestones: list[int] | None = None, gamma: float = 0.1) -> Factor:
     milestones = [span // 2, (3 * span) // 4] if milestones is None else milestones
-    if not all(isinstance(m, int) and not isinstance(m, bool) and m >= 0 for m in milestones):
-        raise ValueError(f"LRScheduler('multistep'): milestones must be ints >= 0, got {milestones!r}.")
+    for milestone in milestones:
+        check_int(milestone, "each of milestones", minimum=0, owner="LRScheduler('multistep')")
     _check_positive(gamma, "gamma")
     ordered = sorted(milestones)
     return lambda t: gamma ** bisect.bisect_right(ordered, t)
@@ -70,8 +70,7 @@ def _constant(span: int) -> Factor:
 
 def _onecycle(span: int, pct_start: float = 0.3, div_factor: float = 25.0, final_div_factor: float = 1e4) -> Factor:
     """Torch's `OneCycleLR` (cosine annealing, rates only) with the optimizer's rate as `max_lr`."""
-    if not isinstance(pct_start, (int, float)) or not 0 < pct_start < 1:
-        raise ValueError(f"LRScheduler('onecycle'): pct_start must be in (0, 1), got {pct_start!r}.")
+    check_number(pct_start, "pct_start", minimum=0, maximum=1, open_min=True, open_max=True, owner="LRScheduler")
     _check_positive(div_factor, "div_factor")
     _check_positive(final_div_factor, "final_div_factor")
     first, last = 1 / div_factor, 1 / (div_factor * final_div_factor)
@@ -103,13 +102,11 @@ SCHEDULES: dict[str, Callable[..., Factor]] = {
 
 
 def _check_fraction(value: Any, name: str) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
-        raise ValueError(f"LRScheduler: {name} must be a number in [0, 1], got {value!r}.")
+    check_number(value, name, minimum=0, maximum=1, owner="LRScheduler")
 
 
 def _check_positive(value: Any, name: str) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-        raise ValueError(f"LRScheduler: {name} must be a positive number, got {value!r}.")
+    check_number(value, name, minimum=0, open_min=True, owner="LRScheduler")
 
 
 def warmup_factor(mode: str, start: float, count: int, warmup: int) -> float:
@@ -190,17 +187,11 @@ class LRScheduler(Callback):
         warmup_start: float | None = None,
         **options: Any,
     ) -> None:
-        if interval not in INTERVALS:
-            raise ValueError(f"LRScheduler: interval must be 'epoch' or 'step', got {interval!r}.")
-        if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
-            raise ValueError(f"LRScheduler: warmup must be an int >= 0 ({interval}s), got {warmup!r}.")
-        if warmup_mode not in WARMUP_STARTS:
-            raise ValueError(
-                f"LRScheduler: warmup_mode must be one of {', '.join(WARMUP_STARTS)}, got {warmup_mode!r}."
-            )
+        check_choice(interval, "interval", INTERVALS, owner="LRScheduler")
+        check_int(warmup, "warmup", minimum=0, owner="LRScheduler")
+        check_choice(warmup_mode, "warmup_mode", tuple(WARMUP_STARTS), owner="LRScheduler")
         self.warmup_start = WARMUP_STARTS[warmup_mode] if warmup_start is None else warmup_start
-        if not isinstance(self.warmup_start, (int, float)) or not self.warmup_start >= 0:
-            raise ValueError(f"LRScheduler: warmup_start must be a number >= 0, got {warmup_start!r}.")
+        check_number(self.warmup_start, "warmup_start", minimum=0, owner="LRScheduler")
         if warmup_mode == "exponential" and self.warmup_start == 0:
             raise ValueError("LRScheduler: an exponential warm-up cannot start at 0; use warmup_start=0.01, say.")
         self.schedule, self.interval, self.options = schedule, interval, options

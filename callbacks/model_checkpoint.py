@@ -12,35 +12,13 @@ import os
 import string
 from typing import Any
 
-from fitorch import Callback, Learner, Monitor, delete_checkpoint, save_checkpoint
+from fitorch import Callback, Every, Monitor, delete_checkpoint, save_checkpoint
+from fitorch.checks import check_bool, check_int, check_path
 
 logger = logging.getLogger("fitorch")
 
 # Endings of single-file checkpoints in other tools (Keras, PyTorch, Lightning), a likely slip here.
 FILE_SUFFIXES = (".safetensors", ".keras", ".h5", ".pt", ".pth", ".ckpt", ".bin")
-
-
-def check_save_freq(save_freq: Any, owner: str) -> str | int:
-    """Return `save_freq` when it is `"epoch"` or a positive int (optimizer steps).
-
-    Raises:
-        ValueError: anything else; the message shows the value received.
-    """
-    if save_freq == "epoch" or (isinstance(save_freq, int) and not isinstance(save_freq, bool) and save_freq > 0):
-        return save_freq
-    raise ValueError(f"{owner}: save_freq must be 'epoch' or a positive int (optimizer steps), got {save_freq!r}.")
-
-
-def step_save_due(learner: Learner, save_freq: str | int, batch: int) -> bool:
-    """Whether the micro-batch `batch` that just ended calls for a step-frequency checkpoint.
-
-    Only after a real optimizer step (never inside an accumulation window), every `save_freq`
-    steps, and not at the last batch of an epoch: the epoch-end work follows at once, and a
-    checkpoint there would resume into an epoch with no batch left to train.
-    """
-    if save_freq == "epoch" or not learner.sync_gradients or learner.global_step % save_freq:
-        return False
-    return learner.num_batches is None or batch + 1 < learner.num_batches
 
 
 class ModelCheckpoint(Callback):
@@ -97,18 +75,15 @@ class ModelCheckpoint(Callback):
         keep: int | None = None,
         initial_value_threshold: float | None = None,
     ) -> None:
-        if filepath is not None and not isinstance(filepath, (str, os.PathLike)):
-            raise TypeError(f"ModelCheckpoint: filepath must be a path, got {filepath!r}.")
+        owner = "ModelCheckpoint"
+        self.filepath = check_path(filepath, "filepath", allow_none=True, owner=owner)
         for name, flag in (
             ("save_best_only", save_best_only),
             ("save_weights_only", save_weights_only),
             ("save_last", save_last),
         ):
-            if not isinstance(flag, bool):
-                raise TypeError(f"ModelCheckpoint: {name} must be True or False, got {flag!r}.")
-        if keep is not None and (not isinstance(keep, int) or isinstance(keep, bool) or keep < 1):
-            raise ValueError(f"ModelCheckpoint: keep must be a positive int or None, got {keep!r}.")
-        self.filepath = os.fspath(filepath) if filepath is not None else None
+            check_bool(flag, name, owner=owner)
+        check_int(keep, "keep", minimum=1, allow_none=True, owner=owner)
         if self.filepath is not None:
             list(string.Formatter().parse(self.filepath))  # a malformed pattern fails here, not at epoch 1
             if self.filepath.endswith(FILE_SUFFIXES):
@@ -118,7 +93,8 @@ class ModelCheckpoint(Callback):
                 )
         self.watch = Monitor(monitor, mode, baseline=initial_value_threshold, owner="ModelCheckpoint")
         self.save_best_only, self.save_weights_only, self.save_last = save_best_only, save_weights_only, save_last
-        self.save_freq = check_save_freq(save_freq, "ModelCheckpoint")
+        self.save_freq = save_freq
+        self.save_every = Every.parse(save_freq, "save_freq", owner=owner)
         self.keep = keep
         self.saved: list[str] = []  # the checkpoints written and kept, oldest first
 
@@ -128,11 +104,12 @@ class ModelCheckpoint(Callback):
         return self.watch.best
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
-        if self.save_freq == "epoch":
+        if self.save_every.epoch_due(epoch):
             self._save_point(logs, {"epoch": epoch + 1})
 
     def on_train_batch_end(self, batch: int, logs: Any) -> None:
-        if step_save_due(self.learner, self.save_freq, batch):
+        last_batch = self.learner.num_batches is not None and batch + 1 >= self.learner.num_batches
+        if self.save_every.step_due(self.learner) and not last_batch:
             self._save_point(dict(logs), {"epoch": self.learner.epoch + 1, "batch": batch + 1})
 
     def _save_point(self, logs: dict[str, Any], counters: dict[str, int]) -> None:

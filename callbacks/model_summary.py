@@ -6,6 +6,7 @@ import sys
 from typing import IO, Any
 
 from fitorch import Callback, summary
+from fitorch.checks import check_int
 
 
 class ModelSummary(Callback):
@@ -28,8 +29,7 @@ class ModelSummary(Callback):
     """
 
     def __init__(self, example_inputs: Any = None, depth: int | None = None, file: IO[str] | None = None) -> None:
-        if depth is not None and (not isinstance(depth, int) or isinstance(depth, bool) or depth < 1):
-            raise ValueError(f"ModelSummary: depth must be a positive int or None, got {depth!r}.")
+        check_int(depth, "depth", minimum=1, allow_none=True, owner="ModelSummary")
         self.example_inputs, self.depth, self.file = example_inputs, depth, file
         self.summary: Any = None
 

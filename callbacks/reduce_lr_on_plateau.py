@@ -14,6 +14,7 @@ from typing import Any
 from torch.optim import lr_scheduler
 
 from fitorch import Callback, Monitor
+from fitorch.checks import check_int, check_number
 
 logger = logging.getLogger("fitorch")
 
@@ -58,15 +59,11 @@ class ReduceLROnPlateau(Callback):
         cooldown: int = 0,
         min_lr: float = 0.0,
     ) -> None:
-        if not isinstance(factor, (int, float)) or isinstance(factor, bool) or not 0 < factor < 1:
-            raise ValueError(
-                f"ReduceLROnPlateau: factor must be in (0, 1), got {factor!r}; 0.1 divides the rate by 10."
-            )
-        for name, value in (("patience", patience), ("cooldown", cooldown)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"ReduceLROnPlateau: {name} must be an int >= 0, got {value!r}.")
-        if not isinstance(min_lr, (int, float)) or isinstance(min_lr, bool) or min_lr < 0:
-            raise ValueError(f"ReduceLROnPlateau: min_lr must be a number >= 0, got {min_lr!r}.")
+        owner = "ReduceLROnPlateau"
+        check_number(factor, "factor", minimum=0, maximum=1, open_min=True, open_max=True, owner=owner)
+        check_int(patience, "patience", minimum=0, owner=owner)
+        check_int(cooldown, "cooldown", minimum=0, owner=owner)
+        check_number(min_lr, "min_lr", minimum=0, owner=owner)
         self.watch = Monitor(monitor, mode, min_delta, owner="ReduceLROnPlateau")
         self.monitor, self.mode, self.min_delta = monitor, self.watch.mode, float(min_delta)
         self.factor, self.patience, self.cooldown, self.min_lr = float(factor), patience, cooldown, float(min_lr)

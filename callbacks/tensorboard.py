@@ -12,7 +12,8 @@ from typing import Any
 
 import torch
 
-from fitorch import Callback
+from fitorch import Callback, Every
+from fitorch.checks import check_bool, check_int, check_path
 
 INSTALL = "pip install tensorboard"
 
@@ -68,16 +69,12 @@ class TensorBoard(Callback):
         histogram_freq: int = 0,
         write_graph: bool = False,
     ) -> None:
-        if update_freq != "epoch" and (
-            not isinstance(update_freq, int) or isinstance(update_freq, bool) or update_freq < 1
-        ):
-            raise ValueError(
-                f"TensorBoard: update_freq must be 'epoch' or a positive int (steps), got {update_freq!r}."
-            )
-        if not isinstance(histogram_freq, int) or isinstance(histogram_freq, bool) or histogram_freq < 0:
-            raise ValueError(f"TensorBoard: histogram_freq must be an int >= 0 (epochs), got {histogram_freq!r}.")
-        self.log_dir = os.fspath(log_dir) if log_dir is not None else None
-        self.update_freq, self.histogram_freq, self.write_graph = update_freq, histogram_freq, bool(write_graph)
+        self.log_dir = check_path(log_dir, "log_dir", allow_none=True, owner="TensorBoard")
+        self.update_every = Every.parse(update_freq, "update_freq", owner="TensorBoard")
+        check_int(histogram_freq, "histogram_freq", minimum=0, owner="TensorBoard")
+        self.histogram_every = Every(histogram_freq, "epoch") if histogram_freq else None
+        self.update_freq, self.histogram_freq = update_freq, histogram_freq
+        self.write_graph = check_bool(write_graph, "write_graph", owner="TensorBoard")
         self.writers: dict[str, Any] = {}
         self._graph_inputs: tuple[Any, ...] | None = None
         self._graph_hook: Any = None
@@ -99,7 +96,7 @@ class TensorBoard(Callback):
         if self._graph_inputs is not None:
             self._write_graph()
         learner = self.learner
-        if self.update_freq != "epoch" and learner.sync_gradients and learner.global_step % self.update_freq == 0:
+        if self.update_every.step_due(learner):
             train = self.writers["train"]
             if learner.loss is not None:
                 train.add_scalar("batch_loss", float(learner.loss.detach()), learner.global_step)  # a sync
@@ -112,7 +109,7 @@ class TensorBoard(Callback):
             run, name = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
             if isinstance(value, (int, float)):
                 self.writers[run].add_scalar(f"epoch_{name}", value, epoch)
-        if self.histogram_freq and (epoch + 1) % self.histogram_freq == 0:
+        if self.histogram_every is not None and self.histogram_every.epoch_due(epoch):
             for name, parameter in self.model.named_parameters():
                 self.writers["train"].add_histogram(name, parameter.detach().float().cpu(), epoch)
         self._last_logs = dict(logs)

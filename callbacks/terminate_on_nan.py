@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from fitorch import Callback
+from fitorch.checks import check_int
 
 logger = logging.getLogger("fitorch")
 
@@ -41,9 +42,7 @@ class TerminateOnNaN(Callback):
     """
 
     def __init__(self, check_every: int = 1) -> None:
-        if not isinstance(check_every, int) or isinstance(check_every, bool) or check_every < 1:
-            raise ValueError(f"TerminateOnNaN: check_every must be a positive int, got {check_every!r}.")
-        self.check_every = check_every
+        self.check_every = check_int(check_every, "check_every", minimum=1, owner="TerminateOnNaN")
         self.stopped_at: dict[str, Any] | None = None
         self._flags: list[torch.Tensor] = []
         self._places: list[tuple[int, int, int]] = []

@@ -5,10 +5,11 @@ Example:
     >>> learner = Learner(loss="cross_entropy", optimizer="adamw", lr=1e-3, metrics=["accuracy"])
     >>> history = learner.fit(model, (x, y), epochs=10, validation_split=0.2)  # doctest: +SKIP
 
-The public API is what this module exports; built-in callbacks live in `fitorch.callbacks`.
+The public API is what this module exports, plus `fitorch.checks` (argument checks for your own
+callbacks); built-in callbacks live in `fitorch.callbacks`.
 """
 
-from fitorch.callback import EVENTS, Callback, CallbackList
+from fitorch.callback import EVENTS, Callback, CallbackList, Every
 from fitorch.checkpoint import delete_checkpoint, latest_checkpoint, load_checkpoint, load_weights, save_checkpoint
 from fitorch.learner import LazyLogs, Learner
 from fitorch.losses import LOSSES
@@ -36,6 +37,7 @@ __all__ = [
     "BatchMean",
     "Callback",
     "CallbackList",
+    "Every",
     "LazyLogs",
     "Learner",
     "MeanAbsoluteError",

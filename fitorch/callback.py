@@ -235,3 +235,71 @@ def add_note(error: BaseException, note: str) -> None:
 def find_callback(callbacks: Sequence[Callback], kind: type) -> Callback | None:
     """Return the first callback in `callbacks` that is an instance of `kind`, or None."""
     return next((cb for cb in callbacks if isinstance(cb, kind)), None)
+
+
+class Every:
+    """When a callback acts: at the end of every `n`-th epoch, or after every `n`-th real optimizer step.
+
+    The one "every N" rule the built-in callbacks share (Ignite's `Events.ITERATION_COMPLETED(every=n)`
+    is the model), so that a step frequency means the same thing everywhere: it counts real optimizer
+    steps (`learner.global_step`, never micro-batches inside an accumulation window) and fires once
+    per step count, at the `on_train_batch_end` of the batch that took the step.
+
+    Args:
+        n: how many epochs or steps apart.
+        unit: `"epoch"` or `"step"`.
+
+    Raises:
+        TypeError, ValueError: `n` is not a positive int, or `unit` is neither.
+
+    Example:
+        >>> save = Every.parse("epoch", "save_freq", owner="MyCheckpoint")  # or an int: every n steps
+        >>> class MyCheckpoint(Callback):
+        ...     def on_train_batch_end(self, batch, logs):
+        ...         if save.step_due(self.learner):
+        ...             ...
+    """
+
+    def __init__(self, n: int, unit: str = "step") -> None:
+        from fitorch.checks import check_choice, check_int
+
+        self.n = check_int(n, "n", minimum=1, owner="Every")
+        self.unit = check_choice(unit, "unit", ("epoch", "step"), owner="Every")
+
+    @classmethod
+    def parse(cls, value: Any, name: str, *, owner: str | None = None) -> Every:
+        """Keras's `save_freq` / `update_freq` convention: `"epoch"` is every epoch, an int every that many steps.
+
+        Raises:
+            TypeError: neither `"epoch"` nor an int.
+            ValueError: an int below 1.
+        """
+        if value == "epoch":
+            return cls(1, "epoch")
+        what = "'epoch' or a positive int (optimizer steps)"
+        prefix = f"{owner}: " if owner else ""
+        if not isinstance(value, (int, str)) or isinstance(value, bool):
+            raise TypeError(f"{prefix}{name} must be {what}, got {value!r}.")
+        if isinstance(value, str) or value < 1:
+            raise ValueError(f"{prefix}{name} must be {what}, got {value!r}.")
+        return cls(value, "step")
+
+    @property
+    def per_epoch(self) -> bool:
+        """Whether the unit is epochs."""
+        return self.unit == "epoch"
+
+    def epoch_due(self, epoch: int) -> bool:
+        """Whether the epoch `epoch` (0-based) that just ended is one to act on (every `n`-th, counting from 1)."""
+        return self.per_epoch and (epoch + 1) % self.n == 0
+
+    def step_due(self, learner: Learner) -> bool:
+        """Whether the batch that just ended took an optimizer step whose count is a multiple of `n`.
+
+        Call it from `on_train_batch_end`. A batch inside an accumulation window, or one whose step
+        was skipped (fp16 found inf/NaN gradients), took no step and is never due.
+        """
+        return not self.per_epoch and learner.step_taken and learner.global_step % self.n == 0
+
+    def __repr__(self) -> str:
+        return f"Every({self.n}, {self.unit!r})"

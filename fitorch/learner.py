@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from fitorch.callback import Callback, CallbackList, add_note, find_callback
+from fitorch.checks import check_bool, check_choice, check_int, check_number, check_path
 from fitorch.data import (
     DataLike,
     LoaderOptions,
@@ -155,30 +156,29 @@ class Learner:
         if not isinstance(optimizer, str) and not callable(optimizer):
             raise TypeError(f"optimizer must be a name, an optimizer class or a callable, got {optimizer!r}.")
         if isinstance(optimizer, str) or isinstance(optimizer, type):
-            optimizer_options = {"lr": _checked_number(lr, "lr", allow_zero=True), **optimizer_options}
+            optimizer_options = {"lr": check_number(lr, "lr", minimum=0, owner="Learner"), **optimizer_options}
             if weight_decay is not None:
                 optimizer_options["weight_decay"] = weight_decay
         check_optimizer(optimizer, optimizer_options)
         self.optimizer_spec, self.optimizer_options = optimizer, optimizer_options
         self.metrics = resolve_metrics(metrics, self.loss_name)
         self.callbacks = list(callbacks or [])
-        if mixed_precision is not None and mixed_precision not in MIXED_PRECISION:
-            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {mixed_precision!r}.")
+        if mixed_precision is not None:
+            check_choice(mixed_precision, "mixed_precision", MIXED_PRECISION, owner="Learner")
         self.mixed_precision = mixed_precision
-        self.grad_accum_steps = (
-            _checked_int(grad_accum_steps, "grad_accum_steps") if grad_accum_steps is not None else None
+        self.grad_accum_steps = check_int(
+            grad_accum_steps, "grad_accum_steps", minimum=1, allow_none=True, owner="Learner"
         )
-        self.grad_clip = _checked_number(grad_clip, "grad_clip") if grad_clip is not None else None
-        if seed is not None:
-            _checked_int(seed, "seed", minimum=0)
-        self.seed, self.cpu = seed, bool(cpu)
-        if verbose not in (0, 1, 2):
-            raise ValueError(
-                f"verbose must be 0 (silent), 1 (progress bar) or 2 (one line per epoch), got {verbose!r}."
-            )
-        self.verbose = verbose
-        self.run_dir = os.fspath(run_dir) if run_dir is not None else None
-        self.num_workers = num_workers
+        self.grad_clip = check_number(
+            grad_clip, "grad_clip", minimum=0, open_min=True, allow_none=True, owner="Learner"
+        )
+        self.seed = check_int(seed, "seed", minimum=0, allow_none=True, owner="Learner")
+        self.cpu = check_bool(cpu, "cpu", owner="Learner")
+        self.verbose = check_choice(
+            verbose, "verbose (0 silent, 1 progress bar, 2 one line per epoch)", (0, 1, 2), owner="Learner"
+        )
+        self.run_dir = check_path(run_dir, "run_dir", allow_none=True, owner="Learner")
+        self.num_workers = check_int(num_workers, "num_workers", minimum=0, allow_none=True, owner="Learner")
         self.hparams = dict(hparams or {})
         self.run_hparams: dict[str, Any] = dict(self.hparams)  # of the current (or last) fit
 
@@ -195,6 +195,7 @@ class Learner:
         self.stop_training = False
         self.num_batches: int | None = None
         self.sync_gradients = True
+        self.step_taken = False
         self.fitting = False
         self.exception: BaseException | None = None
         self.event_callbacks: CallbackList | None = None
@@ -542,6 +543,7 @@ class Learner:
             with self._gradient_sync():
                 self.loss, self.outputs = self.train_step(batch)
             self._batches_done = self.batch + 1
+            self.step_taken = self.sync_gradients
             if self.sync_gradients:
                 self.global_step += 1
                 self._window_samples = 0
@@ -732,10 +734,9 @@ class Learner:
         return accelerator
 
     def _loader_options(self, batch_size: int | None, shuffle: bool | None) -> LoaderOptions:
-        if batch_size is not None:
-            _checked_int(batch_size, "batch_size")
-        if shuffle is not None and not isinstance(shuffle, bool):
-            raise TypeError(f"shuffle must be True, False or None, got {shuffle!r}.")
+        check_int(batch_size, "batch_size", minimum=1, allow_none=True)
+        if shuffle is not None:
+            check_bool(shuffle, "shuffle")
         return LoaderOptions(
             batch_size=batch_size,
             shuffle=shuffle,
@@ -825,11 +826,9 @@ class Learner:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
-        _checked_int(epochs, "epochs")
-        if not isinstance(initial_epoch, int) or not 0 <= initial_epoch <= epochs:
-            raise ValueError(f"initial_epoch must be an int in [0, epochs={epochs}], got {initial_epoch!r}.")
-        if not isinstance(validation_split, (int, float)) or not 0 <= validation_split < 1:
-            raise ValueError(f"validation_split must be a fraction in [0, 1), got {validation_split!r}.")
+        check_int(epochs, "epochs", minimum=1)
+        check_int(initial_epoch, f"initial_epoch (with epochs={epochs})", minimum=0, maximum=epochs)
+        check_number(validation_split, "validation_split", minimum=0, maximum=1, open_max=True)
         if validation_split and validation_data is not None:
             raise ValueError("Pass either validation_data or validation_split, not both.")
 
@@ -876,20 +875,6 @@ def _json_safe(value: Any) -> Any:
         return [_json_safe(item) for item in value]
     name = getattr(value, "__qualname__", None)
     return f"{getattr(value, '__module__', '')}.{name}" if name else repr(value)
-
-
-def _checked_int(value: Any, name: str, minimum: int = 1) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        kind = "a positive int" if minimum == 1 else "a non-negative int"
-        raise ValueError(f"{name} must be {kind}, got {value!r}.")
-    return value
-
-
-def _checked_number(value: Any, name: str, allow_zero: bool = False) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not (value >= 0 if allow_zero else value > 0):
-        kind = "a number >= 0" if allow_zero else "a positive number"
-        raise ValueError(f"{name} must be {kind}, got {value!r}.")
-    return float(value)
 
 
 def _length(loader: DataLoader) -> int | None:

@@ -17,6 +17,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from fitorch.checks import check_int
+
 
 @runtime_checkable
 class MetricProtocol(Protocol):
@@ -117,9 +119,7 @@ class TopKAccuracy(MeanMetric):
 
     def __init__(self, k: int = 5) -> None:
         super().__init__()
-        if not isinstance(k, int) or k < 1:
-            raise ValueError(f"TopKAccuracy: k must be a positive int, got {k!r}.")
-        self.k = k
+        self.k = check_int(k, "k", minimum=1, owner="TopKAccuracy")
 
     def values(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if targets.shape == outputs.shape:

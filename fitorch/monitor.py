@@ -10,6 +10,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from fitorch.checks import check_choice, check_number, check_str
+
 logger = logging.getLogger("fitorch")
 
 # Log keys that are better when larger; anything else (losses, errors) is better when smaller.
@@ -49,12 +51,10 @@ class Monitor:
         baseline: float | None = None,
         owner: str = "Monitor",
     ) -> None:
-        if not isinstance(monitor, str) or not monitor:
-            raise TypeError(f"{owner}: monitor must be a log key such as 'val_loss', got {monitor!r}.")
-        if mode not in ("auto", "min", "max"):
-            raise ValueError(f"{owner}(mode={mode!r}): mode must be 'auto', 'min' or 'max'.")
-        if not isinstance(min_delta, (int, float)) or min_delta < 0:
-            raise ValueError(f"{owner}: min_delta must be a number >= 0, got {min_delta!r}.")
+        check_str(monitor, "monitor (a log key such as 'val_loss')", owner=owner)
+        check_choice(mode, "mode", ("auto", "min", "max"), owner=owner)
+        check_number(min_delta, "min_delta", minimum=0, owner=owner)
+        check_number(baseline, "baseline", allow_none=True, owner=owner)
         self.monitor, self.owner = monitor, owner
         self.mode = infer_mode(monitor) if mode == "auto" else mode
         if mode == "auto":

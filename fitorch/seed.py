@@ -8,6 +8,8 @@ import random
 import numpy as np
 import torch
 
+from fitorch.checks import check_int
+
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     """Seed Python, NumPy and torch (CPU and every CUDA device) with `seed`.
@@ -19,14 +21,14 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
     Raises:
         TypeError: `seed` is not an int.
+        ValueError: `seed` is negative.
 
     Example:
         >>> seed_everything(0)
         >>> a = torch.rand(2); seed_everything(0); torch.equal(a, torch.rand(2))
         True
     """
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise TypeError(f"seed must be an int, got {seed!r}.")
+    check_int(seed, "seed", minimum=0, owner="seed_everything")
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)  # also seeds every CUDA device

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from fitorch.checks import check_int
+
 
 @dataclass
 class LayerRow:
@@ -108,7 +110,7 @@ def summary(model: nn.Module, example_inputs: Any = None, *, depth: int | None =
 
     Raises:
         TypeError: `model` is not an `nn.Module`.
-        ValueError: `depth` is not a positive int.
+        TypeError, ValueError: `depth` is not a positive int.
 
     Example:
         >>> from torch import nn
@@ -118,8 +120,7 @@ def summary(model: nn.Module, example_inputs: Any = None, *, depth: int | None =
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"summary: model must be a torch.nn.Module, got {type(model).__name__}.")
-    if depth is not None and (not isinstance(depth, int) or isinstance(depth, bool) or depth < 1):
-        raise ValueError(f"summary: depth must be a positive int or None, got {depth!r}.")
+    check_int(depth, "depth", minimum=1, allow_none=True, owner="summary")
     shapes = _output_shapes(model, example_inputs) if example_inputs is not None else {}
     rows = []
     for name, module in model.named_modules():

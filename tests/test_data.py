@@ -167,10 +167,13 @@ def untrained_check(model):
             "SGD takes no option 'momentun'. Did you mean 'momentum'?",
         ),
         ({"loss": "cross_entropy", "mixed_precision": "fp8"}, "mixed_precision must be one of"),
-        ({"loss": "cross_entropy", "verbose": 3}, "verbose must be 0"),
-        ({"loss": "cross_entropy", "grad_clip": -1}, "grad_clip must be a positive number, got -1"),
-        ({"loss": "cross_entropy", "grad_accum_steps": 0}, "grad_accum_steps must be a positive int, got 0"),
-        ({"loss": "cross_entropy", "seed": -1}, "seed must be a non-negative int, got -1"),
+        (
+            {"loss": "cross_entropy", "verbose": 3},
+            "verbose (0 silent, 1 progress bar, 2 one line per epoch) must be one of 0, 1, 2, got 3",
+        ),
+        ({"loss": "cross_entropy", "grad_clip": -1}, "grad_clip must be a positive number or None, got -1"),
+        ({"loss": "cross_entropy", "grad_accum_steps": 0}, "grad_accum_steps must be a positive int or None, got 0"),
+        ({"loss": "cross_entropy", "seed": -1}, "seed must be an int >= 0 or None, got -1"),
         ({"loss": "cross_entropy", "lr": -0.1}, "lr must be a number >= 0, got -0.1"),
     ],
 )
@@ -192,13 +195,13 @@ def test_bad_learner_arguments_fail_at_construction(kwargs, message):
         (lambda m, x, y: quiet().fit(m, TensorDataset(x[:0], y[:0])), "data holds no samples"),
         (
             lambda m, x, y: quiet().fit(m, (x, y), validation_split=1.0),
-            "validation_split must be a fraction in [0, 1), got 1.0",
+            "validation_split must be a number in [0, 1), got 1.0",
         ),
         (
             lambda m, x, y: quiet().fit(m, (x, y), validation_split=-0.1),
-            "validation_split must be a fraction in [0, 1), got -0.1",
+            "validation_split must be a number in [0, 1), got -0.1",
         ),
-        (lambda m, x, y: quiet().fit(m, (x, y), batch_size=0), "batch_size must be a positive int, got 0"),
+        (lambda m, x, y: quiet().fit(m, (x, y), batch_size=0), "batch_size must be a positive int or None, got 0"),
         (lambda m, x, y: quiet().fit(m, [1, 2, 3]), "data must be a DataLoader, a Dataset, or a tuple"),
         (
             lambda m, x, y: quiet().fit(m, DataLoader(TensorDataset(x, y)), batch_size=8),

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 import fitorch
+import fitorch.checks
 from fitorch import callbacks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +64,8 @@ def run_blocks(page: Path, blocks: list[tuple[int, str]], tmp_path: Path, timeou
 
 
 def public_names() -> list[str]:
-    return [f"fitorch.{name}" for name in fitorch.__all__] + [f"fitorch.callbacks.{name}" for name in callbacks.__all__]
+    modules = (fitorch, callbacks, fitorch.checks)
+    return [f"{module.__name__}.{name}" for module in modules for name in module.__all__]
 
 
 def api_directives() -> set[str]:

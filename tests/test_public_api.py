@@ -7,6 +7,7 @@ from pathlib import Path
 
 import fitorch
 import fitorch.callbacks
+import fitorch.checks
 
 CALLBACKS_DIR = Path(__file__).resolve().parents[1] / "callbacks"
 
@@ -41,7 +42,7 @@ def test_the_checker_catches_private_access(tmp_path):
 
 
 def test_every_exported_name_exists_and_has_a_docstring():
-    for module in (fitorch, fitorch.callbacks):
+    for module in (fitorch, fitorch.callbacks, fitorch.checks):
         for name in module.__all__:
             obj = getattr(module, name)
             if callable(obj):

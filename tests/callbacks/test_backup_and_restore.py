@@ -123,7 +123,7 @@ def test_a_backup_dir_holding_other_checkpoints_is_refused(tmp_path):
     [
         ({"save_freq": -1}, ValueError, "save_freq must be 'epoch' or a positive int"),
         ({"delete_checkpoint": "no"}, TypeError, "delete_checkpoint must be True or False"),
-        ({"backup_dir": 1}, TypeError, "backup_dir must be a path, got 1"),
+        ({"backup_dir": 1}, TypeError, r"backup_dir must be a path \(str or os.PathLike\) or None, got 1"),
     ],
 )
 def test_bad_arguments_fail_at_construction(options, error, match):

@@ -73,7 +73,7 @@ def test_a_key_that_appears_later_adds_a_column(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"filename": 3}, TypeError, "filename must be a path, got 3"),
+        ({"filename": 3}, TypeError, r"filename must be a path \(str or os.PathLike\), got 3"),
         ({"filename": "m.csv", "separator": ";;"}, ValueError, "separator must be one character"),
         ({"filename": "m.csv", "append": "yes"}, TypeError, "append must be True or False, got 'yes'"),
     ],

@@ -112,18 +112,18 @@ def test_missing_monitor_lists_the_available_keys():
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("kwargs", "error", "message"),
     [
-        ({"patience": -1}, "patience must be an int >= 0, got -1"),
-        ({"patience": 1.5}, "patience must be an int >= 0, got 1.5"),
-        ({"start_from_epoch": -2}, "start_from_epoch must be an int >= 0, got -2"),
-        ({"min_delta": -0.1}, "min_delta must be a number >= 0, got -0.1"),
-        ({"mode": "bigger"}, "mode='bigger'"),
-        ({"baseline": "0.5"}, "baseline must be a number or None, got '0.5'"),
+        ({"patience": -1}, ValueError, "patience must be an int >= 0, got -1"),
+        ({"patience": 1.5}, TypeError, "patience must be an int >= 0, got 1.5"),
+        ({"start_from_epoch": -2}, ValueError, "start_from_epoch must be an int >= 0, got -2"),
+        ({"min_delta": -0.1}, ValueError, "min_delta must be a number >= 0, got -0.1"),
+        ({"mode": "bigger"}, ValueError, "mode must be one of 'auto', 'min', 'max', got 'bigger'"),
+        ({"baseline": "0.5"}, TypeError, "baseline must be a number or None, got '0.5'"),
     ],
 )
-def test_bad_arguments_fail_at_construction(kwargs, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+def test_bad_arguments_fail_at_construction(kwargs, error, message):
+    with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
         EarlyStopping(**kwargs)
 
 

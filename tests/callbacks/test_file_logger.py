@@ -121,7 +121,7 @@ def test_console_gets_messages_but_not_epoch_lines(tmp_path, monkeypatch, capsys
 def test_file_logger_without_filename_or_run_dir_fails_clearly():
     with pytest.raises(ValueError, match=r"FileLogger\(\) needs a filename, or Learner\(run_dir=...\)"):
         fit(Learner(loss="cross_entropy", verbose=0), epochs=1, callbacks=[FileLogger()])
-    with pytest.raises(TypeError, match="filename must be a path or None, got 3"):
+    with pytest.raises(TypeError, match=r"filename must be a path \(str or os.PathLike\) or None, got 3"):
         FileLogger(3)
 
 

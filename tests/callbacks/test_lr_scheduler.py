@@ -196,9 +196,9 @@ def test_a_second_fit_starts_again_from_the_base_rate():
     ("args", "kwargs", "error", "message"),
     [
         (("cosinus",), {}, ValueError, "unknown schedule 'cosinus'; known: cosine, onecycle"),
-        (("cosine",), {"interval": "week"}, ValueError, "interval must be 'epoch' or 'step', got 'week'"),
+        (("cosine",), {"interval": "week"}, ValueError, "interval must be one of 'epoch', 'step', got 'week'"),
         (("cosine",), {"warmup": -1}, ValueError, "warmup must be an int >= 0"),
-        (("cosine",), {"warmup_mode": "cubic"}, ValueError, "warmup_mode must be one of linear, exponential"),
+        (("cosine",), {"warmup_mode": "cubic"}, ValueError, "warmup_mode must be one of 'linear', 'exponential'"),
         (("cosine",), {"warmup_mode": "exponential", "warmup_start": 0.0}, ValueError, "cannot start at 0"),
         (("cosine",), {"min_factor": 2}, ValueError, "min_factor must be a number in"),
         (("cosine",), {"gamma": 0.5}, TypeError, "unknown option"),

@@ -87,13 +87,13 @@ def test_missing_monitor_lists_the_available_keys():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"factor": 1.5}, r"factor must be in \(0, 1\), got 1.5"),
-        ({"factor": 0}, r"factor must be in \(0, 1\), got 0"),
+        ({"factor": 1.5}, r"factor must be a number in \(0, 1\), got 1.5"),
+        ({"factor": 0}, r"factor must be a number in \(0, 1\), got 0"),
         ({"patience": -1}, "patience must be an int >= 0, got -1"),
         ({"cooldown": -1}, "cooldown must be an int >= 0, got -1"),
         ({"min_lr": -1e-3}, "min_lr must be a number >= 0, got -0.001"),
         ({"min_delta": -1}, "min_delta must be a number >= 0, got -1"),
-        ({"mode": "up"}, "mode='up'"),
+        ({"mode": "up"}, "mode must be one of 'auto', 'min', 'max', got 'up'"),
     ],
 )
 def test_bad_arguments_fail_at_construction(kwargs, message):

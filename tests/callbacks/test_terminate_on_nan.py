@@ -52,7 +52,9 @@ def test_finite_losses_train_to_the_end():
     assert batches == 24 and stopper.stopped_at is None and len(history.epoch) == 2
 
 
-@pytest.mark.parametrize("check_every", [0, -1, 1.5, True])
-def test_bad_check_every_fails_at_construction(check_every):
-    with pytest.raises(ValueError, match="check_every must be a positive int, got"):
+@pytest.mark.parametrize(
+    ("check_every", "error"), [(0, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError)]
+)
+def test_bad_check_every_fails_at_construction(check_every, error):
+    with pytest.raises(error, match="check_every must be a positive int, got"):
         TerminateOnNaN(check_every)
