@@ -65,14 +65,19 @@ class EarlyStopping(Callback):
         check_int(patience, "patience", minimum=0, owner=owner)
         check_int(start_from_epoch, "start_from_epoch", minimum=0, owner=owner)
         check_number(baseline, "baseline", allow_none=True, owner=owner)
-        self.watch = Monitor(monitor, mode, min_delta, owner="EarlyStopping")
+        self.monitored = Monitor(monitor, mode, min_delta, owner="EarlyStopping")
         # A second Monitor with no best of its own answers "does this value beat the baseline?".
         self.baseline_watch = (
-            Monitor(monitor, self.watch.mode, min_delta, baseline, owner="EarlyStopping")
+            Monitor(monitor, self.monitored.mode, min_delta, baseline, owner="EarlyStopping")
             if baseline is not None
             else None
         )
-        self.monitor, self.mode, self.min_delta, self.baseline = monitor, self.watch.mode, float(min_delta), baseline
+        self.monitor, self.mode, self.min_delta, self.baseline = (
+            monitor,
+            self.monitored.mode,
+            float(min_delta),
+            baseline,
+        )
         self.patience, self.start_from_epoch = patience, start_from_epoch
         self.restore_best_weights = check_bool(restore_best_weights, "restore_best_weights", owner=owner)
         self.best_weights: dict[str, torch.Tensor] | None = None
@@ -83,10 +88,10 @@ class EarlyStopping(Callback):
     @property
     def best(self) -> float | None:
         """The best value seen so far (None before the first watched epoch)."""
-        return self.watch.best
+        return self.monitored.best
 
     def _reset(self) -> None:
-        self.watch.best = None
+        self.monitored.best = None
         self.wait, self.best_epoch, self.stopped_epoch = 0, 0, 0
         self.best_weights, self.best_weights_epoch = None, None
 
@@ -96,13 +101,13 @@ class EarlyStopping(Callback):
         self._resumed = False
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
-        current = self.watch.value(logs)  # raises, listing the available keys, when it is missing
+        current = self.monitored.value(logs)  # raises, listing the available keys, when it is missing
         if epoch < self.start_from_epoch:
             return
         if self.restore_best_weights and self.best_weights is None:
             self._keep_weights(epoch)  # until something improves, the first watched weights are the best
         self.wait += 1
-        if self.watch.update(logs):
+        if self.monitored.update(logs):
             self.best_epoch = epoch
             if self.restore_best_weights:
                 self._keep_weights(epoch)
@@ -157,7 +162,7 @@ class EarlyStopping(Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from `state_dict()`: the next `fit` keeps these counters instead of starting afresh."""
-        self.watch.best = state.get("best")
+        self.monitored.best = state.get("best")
         self.wait = int(state.get("wait", 0))
         self.best_epoch = int(state.get("best_epoch", 0))
         self.stopped_epoch = int(state.get("stopped_epoch", 0))

@@ -13,7 +13,7 @@ import string
 from typing import Any
 
 from fitorch import Callback, Every, Monitor, delete_checkpoint, save_checkpoint
-from fitorch.checks import check_bool, check_int, check_path
+from fitorch.checks import check_bool, check_int, check_number, check_path
 
 logger = logging.getLogger("fitorch")
 
@@ -84,6 +84,7 @@ class ModelCheckpoint(Callback):
         ):
             check_bool(flag, name, owner=owner)
         check_int(keep, "keep", minimum=1, allow_none=True, owner=owner)
+        check_number(initial_value_threshold, "initial_value_threshold", allow_none=True, owner=owner)
         if self.filepath is not None:
             list(string.Formatter().parse(self.filepath))  # a malformed pattern fails here, not at epoch 1
             if self.filepath.endswith(FILE_SUFFIXES):
@@ -91,7 +92,7 @@ class ModelCheckpoint(Callback):
                     f"ModelCheckpoint(filepath={self.filepath!r}): a checkpoint is a folder (model.safetensors "
                     "and its training state inside); give a folder path without a file extension."
                 )
-        self.watch = Monitor(monitor, mode, baseline=initial_value_threshold, owner="ModelCheckpoint")
+        self.monitored = Monitor(monitor, mode, baseline=initial_value_threshold, owner="ModelCheckpoint")
         self.save_best_only, self.save_weights_only, self.save_last = save_best_only, save_weights_only, save_last
         self.save_freq = save_freq
         self.save_every = Every.parse(save_freq, "save_freq", owner=owner)
@@ -101,7 +102,7 @@ class ModelCheckpoint(Callback):
     @property
     def best(self) -> float | None:
         """The best monitored value so far (None before the first)."""
-        return self.watch.best
+        return self.monitored.best
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
         if self.save_every.epoch_due(epoch):
@@ -117,9 +118,10 @@ class ModelCheckpoint(Callback):
         # which gathers the RNG states; only the main process writes and deletes.
         fields = {**logs, **counters, "step": self.learner.global_step}
         path = self._format(fields)
-        if not self.save_best_only or self.watch.update(logs):
+        if not self.save_best_only or self.monitored.update(logs):
             self._save(
-                path, f"{self.watch.monitor} = {self.watch.best:.6g}, the best so far" if self.save_best_only else ""
+                path,
+                f"{self.monitored.monitor} = {self.monitored.best:.6g}, the best so far" if self.save_best_only else "",
             )
         if self.save_last:
             save_checkpoint(
@@ -163,8 +165,8 @@ class ModelCheckpoint(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         """The best value and the checkpoints kept so far, so that `keep` and `save_best_only` survive a resume."""
-        return {**self.watch.state_dict(), "saved": list(self.saved)}
+        return {**self.monitored.state_dict(), "saved": list(self.saved)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.watch.load_state_dict(state)
+        self.monitored.load_state_dict(state)
         self.saved = list(state.get("saved", []))

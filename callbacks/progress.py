@@ -10,6 +10,7 @@ from typing import IO, Any
 from tqdm.auto import tqdm
 
 from fitorch import Callback
+from fitorch.checks import check_number
 
 
 def format_logs(logs: Mapping[str, Any]) -> str:
@@ -34,7 +35,7 @@ class ProgressBar(Callback):
 
     def __init__(self, file: IO[str] | None = None, refresh_seconds: float = 0.25) -> None:
         self.file = file
-        self.refresh_seconds = refresh_seconds
+        self.refresh_seconds = check_number(refresh_seconds, "refresh_seconds", minimum=0, owner="ProgressBar")
         self._bar: tqdm | None = None
         self._last_refresh = 0.0
         self._epoch_started = 0.0

@@ -64,8 +64,8 @@ class ReduceLROnPlateau(Callback):
         check_int(patience, "patience", minimum=0, owner=owner)
         check_int(cooldown, "cooldown", minimum=0, owner=owner)
         check_number(min_lr, "min_lr", minimum=0, owner=owner)
-        self.watch = Monitor(monitor, mode, min_delta, owner="ReduceLROnPlateau")
-        self.monitor, self.mode, self.min_delta = monitor, self.watch.mode, float(min_delta)
+        self.monitored = Monitor(monitor, mode, min_delta, owner="ReduceLROnPlateau")
+        self.monitor, self.mode, self.min_delta = monitor, self.monitored.mode, float(min_delta)
         self.factor, self.patience, self.cooldown, self.min_lr = float(factor), patience, cooldown, float(min_lr)
         self.schedulers: list[lr_scheduler.ReduceLROnPlateau] = []
         self._pending_state: dict[str, Any] | None = None
@@ -89,7 +89,7 @@ class ReduceLROnPlateau(Callback):
             self._pending_state = None
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
-        current = self.watch.value(logs)  # raises, listing the available keys, when it is missing
+        current = self.monitored.value(logs)  # raises, listing the available keys, when it is missing
         before = self.learner.learning_rates()
         for scheduler in self.schedulers:
             scheduler.step(current)

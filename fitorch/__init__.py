@@ -26,8 +26,7 @@ from fitorch.monitor import Monitor
 from fitorch.optimizers import OPTIMIZERS
 from fitorch.seed import seed_everything
 from fitorch.summary import Summary, summary
-
-__version__ = "0.1.0"
+from fitorch.version import __version__ as __version__
 
 __all__ = [
     "EVENTS",

@@ -129,7 +129,10 @@ class Callback:
         """Called when gradients are complete (synced, unscaled, clipped), before `optimizer.step()`."""
 
     def on_optimizer_step(self) -> None:
-        """Called after a real optimizer step (once per accumulation window); `global_step` is updated."""
+        """Called after each real optimizer step (once per window and optimizer); `global_step` counts it.
+
+        Not called when fp16 loss scaling skipped the step (inf or NaN gradients).
+        """
 
     def on_exception(self, exception: BaseException) -> None:
         """Called when `fit` fails; the exception propagates unchanged afterwards."""
@@ -190,10 +193,6 @@ class CallbackList:
 
     def __iter__(self):
         return iter(self.callbacks)
-
-    def handles(self, event: str) -> bool:
-        """Whether any callback implements `event` (lets the loop skip building arguments)."""
-        return bool(self._handlers[event])
 
     def fire(self, event: str, *args: Any) -> None:
         """Call `event` on every callback that implements it, in order.

@@ -155,19 +155,18 @@ def check_choice(value: T, name: str, choices: Collection[Any], *, owner: str | 
     """Return `value` when it is one of `choices`.
 
     Raises:
+        TypeError: `value` has a type none of the choices has (`verbose=True` where 0, 1, 2 are the choices).
         ValueError: `value` is not among them; the message lists them.
 
     Example:
         >>> check_choice("max", "mode", ("auto", "min", "max"), owner="EarlyStopping")
         'max'
     """
-    try:
-        known = value in choices
-    except TypeError:  # an unhashable value looked up in a set
-        known = False
-    if not known:
-        listed = ", ".join(repr(choice) for choice in choices)
-        raise _fail(ValueError, owner, name, f"one of {listed}", value)
+    listed = "one of " + ", ".join(repr(choice) for choice in choices)
+    if type(value) not in {type(choice) for choice in choices}:
+        raise _fail(TypeError, owner, name, listed, value)
+    if value not in choices:
+        raise _fail(ValueError, owner, name, listed, value)
     return value
 
 

@@ -13,6 +13,7 @@ import atexit
 import copy
 import functools
 import gc
+import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import nullcontext
@@ -26,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from fitorch.callback import Callback, CallbackList, add_note, find_callback
+from fitorch.checkpoint import latest_checkpoint, load_checkpoint
 from fitorch.checks import check_bool, check_choice, check_int, check_number, check_path
 from fitorch.data import (
     DataLike,
@@ -40,39 +42,16 @@ from fitorch.data import (
     unpack_batch,
 )
 from fitorch.losses import check_targets, loss_from_outputs, model_predictions, resolve_loss
-from fitorch.metrics import Tracker, resolve_metrics
+from fitorch.metrics import LazyLogs, Tracker, resolve_metrics
 from fitorch.optimizers import OptimizerSpec, build_optimizers, check_optimizer
 from fitorch.seed import seed_everything
+from fitorch.state import GradientWindow, LoopState
 
 if TYPE_CHECKING:  # the built-in callbacks import fitorch, so they are imported late at run time
     from fitorch.callbacks import History
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
-
-
-class LazyLogs(Mapping):
-    """Batch logs computed only when read, so a step whose logs nobody reads forces no host sync."""
-
-    def __init__(self, compute: Any) -> None:
-        self._compute = compute
-        self._values: dict[str, float] | None = None
-
-    def _read(self) -> dict[str, float]:
-        if self._values is None:
-            self._values = self._compute()
-        return self._values
-
-    def __getitem__(self, key: str) -> float:
-        return self._read()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._read())
-
-    def __len__(self) -> int:
-        return len(self._read())
-
-    def __repr__(self) -> str:
-        return f"LazyLogs({self._read()!r})"
+logger = logging.getLogger("fitorch")
 
 
 class Learner:
@@ -114,7 +93,8 @@ class Learner:
         loss_fn: the loss function in use (`LabelSmoothing` swaps it during training batches).
         accelerator: the `accelerate.Accelerator` of the running (or last) call.
         epoch: the current epoch, 0-based; `epochs` is the index to stop before.
-        global_step: real optimizer steps since the start of training (accumulation-aware).
+        global_step: real optimizer steps since the start of training (accumulation-aware; a step
+            that fp16 loss scaling skipped does not count).
         batch: index of the current batch within the running phase (training, validation, prediction).
         outputs: the outputs of the current batch; `loss` its loss (the one optimised, in training).
         logs: the logs of the last epoch (`loss`, metrics, `val_*`, `lr`).
@@ -125,6 +105,10 @@ class Learner:
         fitting: True inside `fit`, validation included.
         exception: the error that is ending `fit`, as `on_train_end` sees it; None on success. After a
             failure other processes may never reach a collective call: skip any in `on_train_end`.
+        step_taken: whether the current training batch ended with a real optimizer step.
+        active_callbacks: the `CallbackList` of the running (or last) call, in the order the hooks run.
+        state: the loop's position (`fitorch.state.LoopState`); `epoch`, `global_step` and `batch` read it.
+        window: the gradient accumulation window (`fitorch.state.GradientWindow`) of the running call.
 
     Example:
         >>> learner = Learner(loss="cross_entropy", optimizer="adamw", lr=1e-3, metrics=["accuracy"])
@@ -157,7 +141,7 @@ class Learner:
             raise TypeError(f"optimizer must be a name, an optimizer class or a callable, got {optimizer!r}.")
         if isinstance(optimizer, str) or isinstance(optimizer, type):
             optimizer_options = {"lr": check_number(lr, "lr", minimum=0, owner="Learner"), **optimizer_options}
-            if weight_decay is not None:
+            if check_number(weight_decay, "weight_decay", minimum=0, allow_none=True, owner="Learner") is not None:
                 optimizer_options["weight_decay"] = weight_decay
         check_optimizer(optimizer, optimizer_options)
         self.optimizer_spec, self.optimizer_options = optimizer, optimizer_options
@@ -183,35 +167,73 @@ class Learner:
         self.run_hparams: dict[str, Any] = dict(self.hparams)  # of the current (or last) fit
 
         # State during and after a call (see the class docstring).
+        self.state = LoopState()
+        self.window = GradientWindow()
         self.model: nn.Module | None = None
         self.prepared_model: nn.Module | None = None
         self.optimizers: list[torch.optim.Optimizer] = []
         self.accelerator: Accelerator | None = None
         self.history: History | None = None
-        self.epoch, self.epochs, self.global_step, self.batch = 0, 0, 0, 0
+        self.active_callbacks: CallbackList | None = None
         self.outputs: Any = None
         self.loss: torch.Tensor | None = None
         self.logs: dict[str, Any] = {}
         self.stop_training = False
         self.num_batches: int | None = None
         self.sync_gradients = True
-        self.step_taken = False
         self.fitting = False
         self.exception: BaseException | None = None
-        self.event_callbacks: CallbackList | None = None
-        self._raw_optimizers: list[torch.optim.Optimizer] = []
+        self._train_tracker = Tracker(self.metrics)
+        self._test_tracker = Tracker(copy.deepcopy(self.metrics))
+        self._raw_optimizers: list[torch.optim.Optimizer] = []  # kept across fits of the same model
         self._optimizers_model: nn.Module | None = None
         self._targets_checked = False
-        self._batch_samples = 0
-        self._window_samples = 0
         self._shuffle_generator: torch.Generator | None = None
-        self._shuffle_seed = 0
-        self._skip_batches = 0
-        self._plain_steps = False
+        self._bypass_accelerate_wrappers = False
         self._call_loaders: list[DataLoader | None] = []
-        self._resumed_sums: Mapping[str, Any] | None = None
-        self._batches_done = 0
-        self._epoch_complete = False
+
+    # ------------------------------------------------------------------ the loop's position
+
+    @property
+    def epoch(self) -> int:
+        """The current epoch, 0-based."""
+        return self.state.epoch
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self.state.epoch = value
+
+    @property
+    def epochs(self) -> int:
+        """The epoch index the running (or last) fit stops before."""
+        return self.state.epochs
+
+    @epochs.setter
+    def epochs(self, value: int) -> None:
+        self.state.epochs = value
+
+    @property
+    def global_step(self) -> int:
+        """Real optimizer steps since the start of training (one per accumulation window)."""
+        return self.state.global_step
+
+    @global_step.setter
+    def global_step(self, value: int) -> None:
+        self.state.global_step = value
+
+    @property
+    def batch(self) -> int:
+        """Index of the current batch within the running phase (training, validation, prediction)."""
+        return self.state.batch
+
+    @batch.setter
+    def batch(self, value: int) -> None:
+        self.state.batch = value
+
+    @property
+    def step_taken(self) -> bool:
+        """Whether the current training batch ended with a real optimizer step (see `fitorch.Every`)."""
+        return self.state.step_taken
 
     # ------------------------------------------------------------------ public calls
 
@@ -268,6 +290,8 @@ class Learner:
         self._check_fit_arguments(model, epochs, initial_epoch, validation_split, validation_data)
         self.run_hparams = _merge_hparams(self.hparams, hparams)
         self.accelerator = self._make_accelerator()
+        # Each epoch reseeds the shuffle generator with shuffle_seed + epoch (see _epoch_batches).
+        shuffle_seed = self.seed if self.seed is not None else int(torch.randint(2**31, ()).item())
         train_loader, val_loader = self._fit_loaders(data, validation_data, validation_split, batch_size, shuffle)
         if self.seed is not None:
             seed_everything(self.seed)
@@ -275,12 +299,10 @@ class Learner:
         train_loader = self.accelerator.prepare(train_loader)
         val_loader = self.accelerator.prepare(val_loader) if val_loader is not None else None
         self._call_loaders = [train_loader, val_loader]
-        self.epochs, self.epoch, self.global_step, self.batch = epochs, initial_epoch, 0, 0
-        self.stop_training, self.exception, self._skip_batches, self._resumed_sums = False, None, 0, None
-        from fitorch.checkpoint import resume_learner  # it imports this module, so import it late
-
+        self.state.start_fit(epochs, initial_epoch, shuffle_seed)
+        self.stop_training, self.exception = False, None
         try:
-            resume_learner(self, resume)  # `resume`, or a backup a callback offers (BackupAndRestore)
+            self._resume(resume)  # `resume`, or a backup a callback offers (BackupAndRestore)
         except BaseException:
             self._end_call()
             raise
@@ -297,8 +319,6 @@ class Learner:
         shuffle: bool | None,
     ) -> tuple[DataLoader, DataLoader | None]:
         options = self._loader_options(batch_size, shuffle)
-        # Each epoch reseeds this generator with shuffle_seed + epoch (see _epoch_batches).
-        self._shuffle_seed = self.seed if self.seed is not None else int(torch.randint(2**31, ()).item())
         self._shuffle_generator = options.generator = torch.Generator()
         if validation_split:
             dataset = to_dataset(data, "data")
@@ -310,6 +330,46 @@ class Learner:
             return train_loader, None
         eval_options = LoaderOptions(batch_size, None, options.num_workers, options.pin_memory)
         return train_loader, make_loader(validation_data, "validation_data", eval_options, train=False)
+
+    def _resume(self, resume: str | os.PathLike | bool | None) -> None:
+        """Restore the fit from a callback's offered checkpoint, from `resume`, or from neither.
+
+        Called after the model and optimizers are prepared and the callbacks attached, before
+        `on_train_begin`, so every callback starts from the restored state. An offered checkpoint
+        (`Callback.resume_checkpoint()`, BackupAndRestore's backup) takes precedence over `resume`,
+        since it is the newer state of this same fit.
+        """
+        path = next((path for path in (cb.resume_checkpoint() for cb in self.active_callbacks) if path), None)
+        if path is None and resume is not None and resume is not False:
+            path = self._checkpoint_to_resume(resume)
+        if path is None:
+            return
+        loop = load_checkpoint(self, os.fspath(path))["loop"]
+        logger.info(
+            "Resumed from %s at epoch %d, batch %d, global step %d.",
+            os.fspath(path),
+            loop["epoch"] + 1,
+            loop["batch"],
+            loop["global_step"],
+        )
+
+    def _checkpoint_to_resume(self, resume: str | os.PathLike | bool) -> str:
+        if isinstance(resume, (str, os.PathLike)):
+            return os.fspath(resume)
+        if resume is not True:
+            raise TypeError(f"resume must be a checkpoint path or True, got {resume!r}.")
+        if self.run_dir is None:
+            raise ValueError(
+                "fit(resume=True) looks for the newest checkpoint under run_dir, but run_dir is None. "
+                "Set Learner(run_dir=...) or pass the checkpoint's path: fit(..., resume='runs/x/backup')."
+            )
+        path = latest_checkpoint(self.run_dir) if os.path.isdir(self.run_dir) else None
+        if path is None:
+            raise ValueError(
+                f"fit(resume=True): no checkpoint under run_dir {self.run_dir!r}. Save some with "
+                "ModelCheckpoint or BackupAndRestore, or pass the checkpoint's path to resume."
+            )
+        return path
 
     def evaluate(
         self,
@@ -455,45 +515,49 @@ class Learner:
         Args:
             loss: the batch's mean loss; under accumulation fitorch weighs it by the batch's samples.
         """
-        self.event_callbacks.fire("on_before_backward", loss)
-        if self._accumulating:
-            # Each micro-batch adds its sample-weighted gradient; optimizer_step divides by the
-            # window's sample count, so a short last window weighs what it holds.
-            loss = loss * self._batch_samples
-        if self._plain_steps:
+        self.active_callbacks.fire("on_before_backward", loss)
+        loss = self.window.weigh(loss)
+        if self._bypass_accelerate_wrappers:
             loss.backward()
         else:
             self.accelerator.backward(loss)  # loss scaling (fp16), DeepSpeed, XLA
-        self.event_callbacks.fire("on_after_backward")
+        self.active_callbacks.fire("on_after_backward")
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer | None = None) -> None:
-        """Finish the gradients of `optimizer` (average, unscale, clip), fire `on_before_optimizer_step`, step, zero.
+        """Finish the gradients of `optimizer` (average, unscale, clip) and step it, between its two events.
+
+        Fires `on_before_optimizer_step(optimizer)` before the step and `on_optimizer_step()` after it,
+        once per optimizer stepped. The window's first real step advances `global_step`; a step that
+        fp16 loss scaling skipped (inf or NaN gradients) advances nothing and fires no `on_optimizer_step`.
 
         Args:
             optimizer: one of `self.optimizers`; the first when None.
         """
         optimizer = optimizer or self.optimizer
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if self._accumulating:
-            for param in params:
-                param.grad.div_(self._window_samples)
-        if not self._plain_steps:
+        parameters = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        self.window.average(parameters)
+        if not self._bypass_accelerate_wrappers:
             self.accelerator.unscale_gradients(optimizer)  # fp16: callbacks and clipping see true gradients
         if self.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
-        self.event_callbacks.fire("on_before_optimizer_step", optimizer)
+            torch.nn.utils.clip_grad_norm_(parameters, self.grad_clip)
+        self.active_callbacks.fire("on_before_optimizer_step", optimizer)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if getattr(optimizer, "step_was_skipped", False):  # Accelerate's wrapper, under fp16 loss scaling
+            return
+        if not self.state.step_taken:
+            self.state.global_step += 1
+            self.state.step_taken = True
+        self.active_callbacks.fire("on_optimizer_step")
 
     # ------------------------------------------------------------------ the loop
 
     def _fit_loop(self, train_loader: DataLoader, val_loader: DataLoader | None) -> None:
-        callbacks = self.event_callbacks
+        callbacks = self.active_callbacks
         try:
             callbacks.fire("on_train_begin", self.logs)
             for epoch in range(self.epoch, self.epochs):
-                self.epoch = epoch
-                self._run_epoch(train_loader, val_loader)
+                self._run_epoch(epoch, train_loader, val_loader)
                 if self.stop_training:
                     break
         except BaseException as exception:
@@ -511,52 +575,47 @@ class Learner:
                 self.fitting = False
                 self._end_call()
 
-    def _run_epoch(self, train_loader: DataLoader, val_loader: DataLoader | None) -> None:
+    def _run_epoch(self, epoch: int, train_loader: DataLoader, val_loader: DataLoader | None) -> None:
+        self.state.start_epoch(epoch)
         self.logs, self.num_batches = {}, _length(train_loader)
-        self._epoch_complete, self._batches_done = False, 0
-        self.event_callbacks.fire("on_epoch_begin", self.epoch, self.logs)
+        self.active_callbacks.fire("on_epoch_begin", self.epoch, self.logs)
         logs = self._train_epoch(train_loader)
         if val_loader is not None:
             logs.update({f"val_{key}": value for key, value in self._evaluate_loader(val_loader).items()})
         logs.update(self.learning_rates())
-        self.logs, self._epoch_complete = logs, True
-        self.event_callbacks.fire("on_epoch_end", self.epoch, logs)
+        self.logs, self.state.epoch_complete = logs, True
+        self.active_callbacks.fire("on_epoch_end", self.epoch, logs)
         self.stop_training = self._any_process(self.stop_training)
 
     def _train_epoch(self, loader: DataLoader) -> dict[str, float]:
-        callbacks, tracker = self.event_callbacks, self._train_tracker
+        callbacks, tracker, state = self.active_callbacks, self._train_tracker, self.state
         tracker.reset()
-        if self._resumed_sums:  # resuming inside this epoch: count the batches trained before the resume
-            tracker.add_sums(self._resumed_sums, self.accelerator.device)
-            self._resumed_sums = None
+        if state.resumed_sums:  # resuming inside this epoch: count the batches trained before the resume
+            tracker.add_sums(state.resumed_sums, self.accelerator.device)
+            state.resumed_sums = None
         running_logs = self._running_logs(tracker)
-        self._window_samples = 0
+        self.window.reset()
         for index, batch in self._epoch_batches(loader):
-            self.batch = index
+            state.batch, state.step_taken = index, False
             if not self.prepared_model.training:
                 self.prepared_model.train()  # validation or a callback may have switched to eval
-            callbacks.fire("on_train_batch_begin", self.batch, {})
+            callbacks.fire("on_train_batch_begin", index, {})
             targets = unpack_batch(batch)[1]
-            self._batch_samples = batch_length(targets if targets is not None else batch)
-            self._window_samples += self._batch_samples
-            self.sync_gradients = self._ends_window()
+            samples = batch_length(targets if targets is not None else batch)
+            last = self.window.accumulating and self.accelerator.gradient_state.end_of_dataloader
+            self.sync_gradients = self.window.add(index, samples, end_of_data=last)
             with self._gradient_sync():
                 self.loss, self.outputs = self.train_step(batch)
-            self._batches_done = self.batch + 1
-            self.step_taken = self.sync_gradients
-            if self.sync_gradients:
-                self.global_step += 1
-                self._window_samples = 0
-                callbacks.fire("on_optimizer_step")
+            state.batches_done = index + 1
             self._track(tracker, self.loss, self.outputs, targets)
-            callbacks.fire("on_train_batch_end", self.batch, running_logs())
+            callbacks.fire("on_train_batch_end", index, running_logs())
             if self._any_process(self.stop_training):
                 self.stop_training = True
                 break
         return tracker.results(**self._reduce_options())
 
     def _evaluate_loader(self, loader: DataLoader) -> dict[str, float]:
-        callbacks, tracker = self.event_callbacks, self._test_tracker
+        callbacks, tracker = self.active_callbacks, self._test_tracker
         tracker.reset()
         running_logs = self._running_logs(tracker)
         self.prepared_model.eval()
@@ -573,7 +632,7 @@ class Learner:
         return results
 
     def _predict_loader(self, loader: DataLoader, inputs_only: bool) -> Any:
-        callbacks, chunks = self.event_callbacks, []
+        callbacks, chunks = self.active_callbacks, []
         self.prepared_model.eval()
         self.num_batches = _length(loader)
         callbacks.fire("on_predict_begin", {})
@@ -600,18 +659,12 @@ class Learner:
         several, each process holds only its own share, so a resumed epoch counts its batches since
         the resume).
         """
-        epoch, batch = (self.epoch + 1, 0) if self._epoch_complete else (self.epoch, self._batches_done)
-        state = {"epoch": epoch, "batch": batch, "global_step": self.global_step, "shuffle_seed": self._shuffle_seed}
-        if batch and self.accelerator.num_processes == 1:
-            state["running"] = self._train_tracker.sums()
-        return state
+        single = self.accelerator is None or self.accelerator.num_processes == 1
+        return self.state.state_dict(self._train_tracker.sums() if single and self.state.batches_done else None)
 
     def load_loop_state(self, state: Mapping[str, Any]) -> None:
         """Continue from a `loop_state()`: the next `fit` epoch starts there, skipping batches already trained."""
-        self.epoch, self._skip_batches = int(state["epoch"]), int(state["batch"])
-        self.global_step, self._shuffle_seed = int(state["global_step"]), int(state["shuffle_seed"])
-        self._resumed_sums = state.get("running")
-        self._epoch_complete = False
+        self.state.load_state_dict(state)
 
     def learning_rates(self) -> dict[str, float]:
         """Current learning rates: `lr` for the first parameter group, `lr_<i>` for the others."""
@@ -639,15 +692,6 @@ class Learner:
             }
         )
 
-    @property
-    def _accumulating(self) -> bool:
-        return self.grad_accum_steps > 1
-
-    def _ends_window(self) -> bool:
-        if not self._accumulating:
-            return True
-        return (self.batch + 1) % self.grad_accum_steps == 0 or self.accelerator.gradient_state.end_of_dataloader
-
     def _gradient_sync(self) -> Any:
         if self.sync_gradients or self.accelerator.num_processes == 1:
             return nullcontext()
@@ -657,8 +701,8 @@ class Learner:
         if self._shuffle_generator is not None:
             # A seed per epoch makes each epoch's order a pure function of (seed, epoch), so a
             # resumed run draws exactly the order the uninterrupted run drew.
-            self._shuffle_generator.manual_seed(self._shuffle_seed + self.epoch)
-        skip, self._skip_batches = self._skip_batches, 0
+            self._shuffle_generator.manual_seed(self.state.shuffle_seed + self.epoch)
+        skip, self.state.skip_batches = self.state.skip_batches, 0
         if skip:
             return enumerate(self.accelerator.skip_first_batches(loader, skip), start=skip)
         return enumerate(loader)
@@ -751,13 +795,12 @@ class Learner:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
         self.model = model
         # Plain backward and optimizer steps are exactly what Accelerate would run in these modes.
-        self._plain_steps = self.accelerator.scaler is None and self.accelerator.distributed_type in (
+        self._bypass_accelerate_wrappers = self.accelerator.scaler is None and self.accelerator.distributed_type in (
             DistributedType.NO,
             DistributedType.MULTI_CPU,
             DistributedType.MULTI_GPU,
         )
-        self._train_tracker = Tracker(self.metrics)
-        self._test_tracker = Tracker(copy.deepcopy(self.metrics))
+        self.window = GradientWindow(self.grad_accum_steps)
         self._targets_checked = False
         if training:
             if self._optimizers_model is not model:  # a new model gets new optimizers; the same one keeps its state
@@ -765,13 +808,13 @@ class Learner:
                 self._optimizers_model = model
             prepared = self.accelerator.prepare(model, *self._raw_optimizers)
             self.prepared_model, self.optimizers = prepared[0], list(prepared[1:])
-            if self._plain_steps:
+            if self._bypass_accelerate_wrappers:
                 # Accelerate placed the optimizer state; its wrapper would only add checks that cost
                 # ~150 us a step (benchmarks/analysis.md), so steps go to the torch optimizers.
                 self.optimizers = [optimizer.optimizer for optimizer in self.optimizers]
         else:
             self.prepared_model = self.accelerator.prepare_model(model, evaluation_mode=True)
-        self.event_callbacks = CallbackList(self._callbacks_for_call(callbacks, training, validating), self)
+        self.active_callbacks = CallbackList(self._callbacks_for_call(callbacks, training, validating), self)
 
     def _callbacks_for_call(
         self, callbacks: Sequence[Callback] | None, training: bool, validating: bool

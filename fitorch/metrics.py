@@ -12,12 +12,12 @@ A metric is a name (`"accuracy"`, `"top_k_accuracy"`, `"mae"`, `"mse"`), a calla
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from fitorch.checks import check_int
+from fitorch.checks import check_bool, check_int, check_number
 
 
 @runtime_checkable
@@ -94,8 +94,8 @@ class Accuracy(MeanMetric):
 
     def __init__(self, threshold: float = 0.5, from_logits: bool | None = None) -> None:
         super().__init__()
-        self.threshold = threshold
-        self.from_logits = from_logits
+        self.threshold = check_number(threshold, "threshold", minimum=0, maximum=1, owner="Accuracy")
+        self.from_logits = None if from_logits is None else check_bool(from_logits, "from_logits", owner="Accuracy")
 
     def values(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if outputs.ndim >= 2 and outputs.shape[1] > 1:
@@ -307,3 +307,31 @@ def _to_float(value: Any) -> float:
     if isinstance(value, torch.Tensor):
         return float(value.detach().float().mean()) if value.numel() > 1 else float(value)
     return float(value)
+
+
+class LazyLogs(Mapping):
+    """Batch logs computed only when read, so a step whose logs nobody reads forces no host sync.
+
+    The learner passes one to `on_train_batch_end` and `on_test_batch_end`, wrapping `Tracker.results`.
+    """
+
+    def __init__(self, compute: Any) -> None:
+        self._compute = compute
+        self._values: dict[str, float] | None = None
+
+    def _read(self) -> dict[str, float]:
+        if self._values is None:
+            self._values = self._compute()
+        return self._values
+
+    def __getitem__(self, key: str) -> float:
+        return self._read()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._read())
+
+    def __len__(self) -> int:
+        return len(self._read())
+
+    def __repr__(self) -> str:
+        return f"LazyLogs({self._read()!r})"

@@ -51,6 +51,7 @@ class Monitor:
         baseline: float | None = None,
         owner: str = "Monitor",
     ) -> None:
+        check_str(owner, "owner", owner="Monitor")
         check_str(monitor, "monitor (a log key such as 'val_loss')", owner=owner)
         check_choice(mode, "mode", ("auto", "min", "max"), owner=owner)
         check_number(min_delta, "min_delta", minimum=0, owner=owner)

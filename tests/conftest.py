@@ -39,61 +39,61 @@ class Recorder(Callback):
         self.events.append(name if not args or not isinstance(args[0], int) else f"{name}({args[0]})")
 
     def on_train_begin(self, logs):
-        self._record("on_train_begin")  # noqa: E704
+        self._record("on_train_begin")
 
     def on_train_end(self, logs):
-        self._record("on_train_end")  # noqa: E704
+        self._record("on_train_end")
 
     def on_epoch_begin(self, epoch, logs):
-        self._record("on_epoch_begin", epoch)  # noqa: E704
+        self._record("on_epoch_begin", epoch)
 
     def on_epoch_end(self, epoch, logs):
-        self._record("on_epoch_end", epoch)  # noqa: E704
+        self._record("on_epoch_end", epoch)
 
     def on_train_batch_begin(self, batch, logs):
-        self._record("on_train_batch_begin", batch)  # noqa: E704
+        self._record("on_train_batch_begin", batch)
 
     def on_train_batch_end(self, batch, logs):
-        self._record("on_train_batch_end", batch)  # noqa: E704
+        self._record("on_train_batch_end", batch)
 
     def on_before_backward(self, loss):
-        self._record("on_before_backward")  # noqa: E704
+        self._record("on_before_backward")
 
     def on_after_backward(self):
-        self._record("on_after_backward")  # noqa: E704
+        self._record("on_after_backward")
 
     def on_before_optimizer_step(self, optimizer):
-        self._record("on_before_optimizer_step")  # noqa: E704
+        self._record("on_before_optimizer_step")
 
     def on_optimizer_step(self):
-        self._record("on_optimizer_step")  # noqa: E704
+        self._record("on_optimizer_step")
 
     def on_test_begin(self, logs):
-        self._record("on_test_begin")  # noqa: E704
+        self._record("on_test_begin")
 
     def on_test_end(self, logs):
-        self._record("on_test_end")  # noqa: E704
+        self._record("on_test_end")
 
     def on_test_batch_begin(self, batch, logs):
-        self._record("on_test_batch_begin", batch)  # noqa: E704
+        self._record("on_test_batch_begin", batch)
 
     def on_test_batch_end(self, batch, logs):
-        self._record("on_test_batch_end", batch)  # noqa: E704
+        self._record("on_test_batch_end", batch)
 
     def on_predict_begin(self, logs):
-        self._record("on_predict_begin")  # noqa: E704
+        self._record("on_predict_begin")
 
     def on_predict_end(self, logs):
-        self._record("on_predict_end")  # noqa: E704
+        self._record("on_predict_end")
 
     def on_predict_batch_begin(self, batch, logs):
-        self._record("on_predict_batch_begin", batch)  # noqa: E704
+        self._record("on_predict_batch_begin", batch)
 
     def on_predict_batch_end(self, batch, logs):
-        self._record("on_predict_batch_end", batch)  # noqa: E704
+        self._record("on_predict_batch_end", batch)
 
     def on_exception(self, exception):
-        self._record("on_exception")  # noqa: E704
+        self._record("on_exception")
 
 
 class Script(Callback):

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import io
-
 import pytest
 
 from conftest import Recorder, make_classification, make_mlp
 from fitorch import EVENTS, Callback, Learner
-from fitorch.callbacks import LambdaCallback, ProgressBar
+from fitorch.callbacks import LambdaCallback
 
 
 def test_misspelled_hook_fails_at_class_definition_with_a_suggestion():
@@ -87,11 +85,6 @@ def test_callbacks_run_in_the_order_given_with_learner_callbacks_first():
     assert order == ["learner", "fit"]
 
 
-def test_lambda_callback_rejects_unknown_events():
-    with pytest.raises(TypeError, match="'on_epoch_ending' is not an event"):
-        LambdaCallback(on_epoch_ending=print)
-
-
 def test_non_callback_objects_are_rejected():
     x, y = make_classification(n=8)
     with pytest.raises(TypeError, match="callbacks must be fitorch.Callback instances, got builtin_function_or_method"):
@@ -107,27 +100,6 @@ def test_state_dict_defaults_to_empty():
 def test_every_event_is_a_documented_method_of_callback():
     for event in EVENTS:
         assert getattr(Callback, event).__doc__, event
-
-
-def test_progress_bar_verbose_1_shows_epochs_with_loss_and_metrics():
-    x, y = make_classification(n=32)
-    stream = io.StringIO()
-    learner = Learner(loss="cross_entropy", metrics=["accuracy"], verbose=1)
-    learner.fit(make_mlp(), (x, y), epochs=2, validation_data=(x, y), callbacks=[ProgressBar(file=stream)])
-    text = stream.getvalue()
-    assert "Epoch 1/2" in text and "Epoch 2/2" in text
-    assert "val_accuracy: " in text and "loss: " in text
-
-
-def test_progress_bar_verbose_2_prints_one_line_per_epoch_and_verbose_0_nothing():
-    x, y = make_classification(n=32)
-    stream = io.StringIO()
-    Learner(loss="cross_entropy", verbose=2).fit(make_mlp(), (x, y), epochs=3, callbacks=[ProgressBar(file=stream)])
-    lines = stream.getvalue().strip().splitlines()
-    assert [line.split(" - ")[0] for line in lines] == ["Epoch 1/3", "Epoch 2/3", "Epoch 3/3"]
-    silent = io.StringIO()
-    Learner(loss="cross_entropy", verbose=0).fit(make_mlp(), (x, y), epochs=2, callbacks=[ProgressBar(file=silent)])
-    assert silent.getvalue() == ""
 
 
 def test_batch_logs_are_not_computed_when_nobody_reads_them(monkeypatch):

@@ -25,7 +25,6 @@ from torch import nn
 from fitorch import (
     Callback,
     Learner,
-    delete_checkpoint,
     latest_checkpoint,
     load_checkpoint,
     load_weights,
@@ -369,98 +368,9 @@ def test_save_and_load_reject_what_is_not_a_learner_or_model(tmp_path):
         load_weights("model", tmp_path / "x")
 
 
-# ---------------------------------------------------------------------------- atomic writes
-
-
-def test_a_kill_between_the_two_renames_leaves_the_old_checkpoint_loadable(tmp_path, monkeypatch):
-    learner = job.make_learner()
-    job.fit(learner, job.make_model(), 1)
-    path = tmp_path / "ckpt"
-    save_checkpoint(learner, path)
-    old_weights = load_file(path / "model.safetensors")
-    real_replace, calls = os.replace, []
-
-    def die_at_second_rename(source, target):
-        calls.append(target)
-        if len(calls) == 2:
-            raise KeyboardInterrupt("killed between the renames")
-        real_replace(source, target)
-
-    monkeypatch.setattr(os, "replace", die_at_second_rename)
-    with torch.no_grad():
-        learner.model[0].weight.add_(1.0)
-    with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(learner, path)
-    monkeypatch.setattr(os, "replace", real_replace)
-    assert not path.exists() and (tmp_path / ".ckpt.old").is_dir()  # the state a kill there leaves
-
-    model = job.make_model(seed=1)
-    load_weights(model, path)  # falls back to the copy set aside
-    assert torch.equal(model[0].weight, old_weights["0.weight"])
-    assert latest_checkpoint(tmp_path) == str(path) and latest_checkpoint(path) == str(path)
-
-    save_checkpoint(learner, path)  # the next save restores order, then replaces
-    assert sorted(os.listdir(tmp_path)) == ["ckpt"]
-    assert torch.equal(load_file(path / "model.safetensors")["0.weight"], learner.model[0].weight)
-
-
-def test_stale_temporary_folders_are_ignored_and_cleaned_on_the_next_save(trained, tmp_path):
-    learner, source = trained
-    shutil.copytree(source, tmp_path / ".ckpt.tmp-123-abcd")  # complete-looking, yet unfinished for all we know
-    assert latest_checkpoint(tmp_path) is None
-    with pytest.raises(FileNotFoundError):
-        load_weights(job.make_model(), tmp_path / "ckpt")
-    save_checkpoint(learner, tmp_path / "ckpt")
-    assert sorted(os.listdir(tmp_path)) == ["ckpt"]
-
-
-def test_saving_over_or_deleting_something_that_is_not_a_checkpoint_is_refused(trained, tmp_path):
-    learner, path = trained
-    precious = tmp_path / "data"
-    precious.mkdir()
-    (precious / "keep.txt").write_text("mine")
-    with pytest.raises(ValueError, match="is not a fitorch checkpoint"):
-        save_checkpoint(learner, precious)
-    with pytest.raises(ValueError, match="is not a fitorch checkpoint"):
-        delete_checkpoint(precious)
-    assert (precious / "keep.txt").read_text() == "mine"
-
-    save_checkpoint(learner, tmp_path / "ckpt")
-    assert delete_checkpoint(tmp_path / "ckpt") is True
-    assert delete_checkpoint(tmp_path / "ckpt") is False
-    assert sorted(os.listdir(tmp_path)) == ["data"]
-
-
 def test_a_bare_state_dict_file_saved_by_safetensors_loads(tmp_path):
     model = job.make_model(seed=8)
     save_file(model.state_dict(), tmp_path / "weights.safetensors")
     fresh = job.make_model(seed=9)
     load_weights(fresh, tmp_path / "weights.safetensors")
     assert_same_tensors(clone_state(model), clone_state(fresh))
-
-
-def test_the_tensor_writer_produces_standard_safetensors_for_every_dtype(tmp_path):
-    """fitorch writes safetensors files itself (no intermediate copy); safetensors must read them back."""
-    from safetensors import safe_open
-
-    from fitorch.checkpoint import _write_tensors
-
-    tensors = {
-        "f64": torch.randn(3, dtype=torch.float64),
-        "bf16": torch.randn(2, 3).to(torch.bfloat16),
-        "f16": torch.randn(5).half(),
-        "i64": torch.arange(7),
-        "u8": torch.arange(3, dtype=torch.uint8),
-        "flags": torch.tensor([True, False, True]),
-        "scalar": torch.tensor(2.5),
-        "empty": torch.zeros(0, 4),
-        "strided": torch.randn(4, 4).t(),  # not contiguous
-    }
-    info = _write_tensors(str(tmp_path / "t.safetensors"), tensors)
-    assert info["bytes"] == (tmp_path / "t.safetensors").stat().st_size
-    loaded = load_file(tmp_path / "t.safetensors")
-    assert loaded.keys() == tensors.keys()
-    for name, tensor in tensors.items():
-        assert loaded[name].dtype == tensor.dtype and torch.equal(loaded[name], tensor), name
-    with safe_open(tmp_path / "t.safetensors", "pt") as handle:
-        assert handle.metadata() == {"format": "pt"}

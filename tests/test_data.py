@@ -111,44 +111,6 @@ def test_evaluate_returns_logs_without_prefix(data):
     assert set(logs) == {"loss", "accuracy"}
 
 
-def test_binary_accuracy_with_logits_and_probabilities():
-    x = torch.randn(40, 8)
-    y = (x[:, 0] > 0).float().unsqueeze(1)
-    logits = nn.Linear(8, 1)
-    with torch.no_grad():
-        expected = float(((logits(x) > 0).float() == y).float().mean())
-    logs = Learner(loss="bce_with_logits", metrics=["accuracy"], verbose=0).evaluate(logits, (x, y))
-    assert logs["accuracy"] == pytest.approx(expected)
-    probabilities = nn.Sequential(logits, nn.Sigmoid())
-    logs = Learner(loss="bce", metrics=["accuracy"], verbose=0).evaluate(probabilities, (x, y))
-    assert logs["accuracy"] == pytest.approx(expected)
-
-
-def test_callable_and_protocol_metrics():
-    x, y = make_classification(n=10)
-
-    def error_rate(outputs, targets):
-        return (outputs.argmax(1) != targets).float().mean()
-
-    class Count:
-        name = "samples"
-
-        def reset(self):
-            self.n = 0
-
-        def update(self, outputs, targets):
-            self.n += len(targets)
-
-        def compute(self):
-            return self.n
-
-    logs = Learner(loss="cross_entropy", metrics=["accuracy", error_rate, Count()], verbose=0).evaluate(
-        make_mlp(), (x, y), batch_size=4
-    )
-    assert logs["error_rate"] == pytest.approx(1 - logs["accuracy"])  # batch means weighted by batch size
-    assert logs["samples"] == 10
-
-
 # ---------------------------------------------------------------- errors before any training
 
 
@@ -225,18 +187,3 @@ def test_bad_fit_input_fails_clearly_before_any_training(data, call, message):
     assert message in str(error.value)
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), "no optimizer step may happen before the error"
-
-
-def test_regression_shape_mismatch_is_caught_instead_of_broadcasting():
-    x = torch.randn(16, 4)
-    y = torch.randn(16)  # model outputs (16, 1): mse would silently broadcast to (16, 16)
-    with pytest.raises(ValueError, match=r"targets of the same shape as the outputs.*y.reshape"):
-        Learner(loss="mse", verbose=0).fit(nn.Linear(4, 1), (x, y))
-    with pytest.raises(TypeError, match="floating-point targets.*y.float()"):
-        Learner(loss="bce_with_logits", verbose=0).fit(nn.Linear(4, 1), (x, (y > 0).long().unsqueeze(1)))
-
-
-def test_model_without_loss_and_no_loss_given():
-    x, y = make_classification(n=8)
-    with pytest.raises(ValueError, match="No loss was given to Learner"):
-        Learner(verbose=0).fit(make_mlp(), (x, y))

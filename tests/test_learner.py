@@ -44,6 +44,58 @@ def test_event_order_two_epochs_two_batches_with_validation(recorder):
     assert recorder.events == ["on_train_begin", *epoch(0), *epoch(1), "on_train_end"]
 
 
+class TwoOptimizerSteps(Learner):
+    """A custom step with an optimizer per half of the model (a GAN, an encoder and a head)."""
+
+    def train_step(self, batch):
+        inputs, targets = batch
+        outputs = self.prepared_model(inputs)
+        loss = self.compute_loss(outputs, targets)
+        self.backward(loss)
+        if self.sync_gradients:
+            for optimizer in self.optimizers:
+                self.optimizer_step(optimizer)
+        return loss, outputs
+
+
+def split_optimizers(model):
+    return [torch.optim.SGD(model[0].parameters(), lr=0.1), torch.optim.Adam(model[2].parameters(), lr=0.01)]
+
+
+def test_event_order_pairs_each_optimizer_step_with_two_optimizers(recorder):
+    """Every before/after pair fires from one place, once per optimizer step; global_step counts windows."""
+    x, y = make_classification(n=8)
+    learner = TwoOptimizerSteps(loss="cross_entropy", optimizer=split_optimizers, verbose=0)
+    steps = []
+
+    class Steps(Callback):
+        def on_optimizer_step(self):
+            steps.append(self.learner.global_step)
+
+    learner.fit(make_mlp(), (x, y), epochs=1, batch_size=4, callbacks=[recorder, Steps()])
+    batch = [
+        "on_before_backward",
+        "on_after_backward",
+        "on_before_optimizer_step",
+        "on_optimizer_step",
+        "on_before_optimizer_step",
+        "on_optimizer_step",
+    ]
+    assert recorder.events == [
+        "on_train_begin",
+        "on_epoch_begin(0)",
+        "on_train_batch_begin(0)",
+        *batch,
+        "on_train_batch_end(0)",
+        "on_train_batch_begin(1)",
+        *batch,
+        "on_train_batch_end(1)",
+        "on_epoch_end(0)",
+        "on_train_end",
+    ]
+    assert steps == [1, 1, 2, 2] and learner.global_step == 2
+
+
 def test_evaluate_and_predict_fire_their_events(data, recorder):
     x, y = data
     learner = Learner(loss="cross_entropy", verbose=0)
@@ -326,27 +378,9 @@ def test_batch_logs_hold_running_epoch_means(data):
 def test_two_optimizers_through_a_custom_train_step():
     """A subclass trains two parameter groups with an optimizer each, like a GAN or encoder + head."""
     x, y = make_classification(n=32)
-
-    class TwoOptimizers(Learner):
-        def train_step(self, batch):
-            inputs, targets = batch
-            outputs = self.prepared_model(inputs)
-            loss = self.compute_loss(outputs, targets)
-            self.backward(loss)
-            if self.sync_gradients:
-                for optimizer in self.optimizers:
-                    self.optimizer_step(optimizer)
-            return loss, outputs
-
-    def two_optimizers(model):
-        return [
-            torch.optim.SGD(model[0].parameters(), lr=0.1),
-            torch.optim.Adam(model[2].parameters(), lr=0.01),
-        ]
-
     model = make_mlp()
     before = copy.deepcopy(model.state_dict())
-    learner = TwoOptimizers(loss="cross_entropy", optimizer=two_optimizers, verbose=0)
+    learner = TwoOptimizerSteps(loss="cross_entropy", optimizer=split_optimizers, verbose=0)
     history = learner.fit(model, (x, y), epochs=3, batch_size=8)
     assert len(learner.optimizers) == 2
     assert set(history.history) >= {"loss", "lr", "lr_1"}
@@ -355,18 +389,6 @@ def test_two_optimizers_through_a_custom_train_step():
         assert not torch.equal(before[key], model.state_dict()[key]), key
     # the Adam half really used Adam: it has moment estimates
     assert "exp_avg" in learner.optimizers[1].state_dict()["state"][0]
-
-
-def test_optimizer_factory_with_parameter_groups(data):
-    x, y = data
-
-    def groups(model):
-        return torch.optim.SGD(
-            [{"params": model[0].parameters(), "lr": 0.01}, {"params": model[2].parameters()}], lr=0.1
-        )
-
-    history = Learner(loss="cross_entropy", optimizer=groups, verbose=0).fit(make_mlp(), (x, y), epochs=1)
-    assert history.history["lr"] == [0.01] and history.history["lr_1"] == [0.1]
 
 
 def test_a_failing_resume_leaves_the_learner_clean(tmp_path, data):

@@ -171,7 +171,7 @@ def test_resume_from_a_checkpoint_continues_the_schedule(interval, tmp_path):
 
 
 def test_resume_replays_a_torch_scheduler():
-    factory = lambda opt: lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)  # noqa: E731
+    factory = lambda opt: lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
     straight, _, _ = fit(LRScheduler(factory), n=8, epochs=6)
     first = LRScheduler(factory)
     head, _, learner = fit(first, n=8, epochs=6, extra=[StopAfter(3)])

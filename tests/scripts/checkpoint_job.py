@@ -156,7 +156,7 @@ def fork(backup: str | None, out: str, log: str) -> tuple[int, int]:
         try:
             os.close(read)
             crash_child(backup, out, log, write)
-        except BaseException as error:  # noqa: BLE001 - report any failure through the exit code
+        except BaseException as error:  # report any failure through the exit code
             print(f"child failed: {error!r}", file=sys.stderr, flush=True)
             code = 3
         os._exit(code)

@@ -1,0 +1,20 @@
+"""Optimizers: by name, by class, from a factory that sees the model (parameter groups)."""
+
+from __future__ import annotations
+
+import torch
+
+from conftest import make_mlp
+from fitorch import Learner
+
+
+def test_optimizer_factory_with_parameter_groups(data):
+    x, y = data
+
+    def groups(model):
+        return torch.optim.SGD(
+            [{"params": model[0].parameters(), "lr": 0.01}, {"params": model[2].parameters()}], lr=0.1
+        )
+
+    history = Learner(loss="cross_entropy", optimizer=groups, verbose=0).fit(make_mlp(), (x, y), epochs=1)
+    assert history.history["lr"] == [0.01] and history.history["lr_1"] == [0.1]
