@@ -104,6 +104,11 @@ class ModelCheckpoint(Callback):
         """The best monitored value so far (None before the first)."""
         return self.monitored.best
 
+    def on_train_begin(self, logs: dict[str, Any]) -> None:
+        if not self.learner.resumed:  # a new fit (another model, say) starts with no best and nothing kept
+            self.monitored.best = None
+            self.saved = []
+
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
         if self.save_every.epoch_due(epoch):
             self._save_point(logs, {"epoch": epoch + 1})

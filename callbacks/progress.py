@@ -1,4 +1,4 @@
-"""`ProgressBar`: a tqdm bar per epoch (verbose=1) or one line per epoch (verbose=2)."""
+"""`ProgressBar`: a tqdm bar per epoch (verbose=1) or one line per epoch (verbose=2, or no terminal)."""
 
 from __future__ import annotations
 
@@ -28,8 +28,13 @@ class ProgressBar(Callback):
     values at the end; with `verbose=2`, one line per epoch; with `verbose=0`, nothing.
     `evaluate` and `predict` get a bar too when `verbose=1`.
 
+    Where no terminal shows the bar (output piped to a file, CI and cluster logs), `verbose=1` writes
+    one line per epoch instead of redrawing a bar (as Keras does): a log gets one line an epoch, not a
+    redraw every fraction of a second. Jupyter keeps its bar.
+
     Args:
-        file: where to write; standard error by default, as tqdm does.
+        file: where to write. By default the bar goes to standard error (as tqdm) and the
+            one-line-per-epoch output to standard output (as Keras).
         refresh_seconds: at least this long between two redraws of the running values.
     """
 
@@ -43,7 +48,11 @@ class ProgressBar(Callback):
     @property
     def _mode(self) -> int:
         learner = self.learner
-        return learner.verbose if learner is not None and learner.is_main_process else 0
+        mode = learner.verbose if learner is not None and learner.is_main_process else 0
+        return 2 if mode == 1 and not _shows_a_bar(self.file or sys.stderr) else mode
+
+    def _print(self, line: str) -> None:
+        print(line, file=self.file or sys.stdout, flush=True)
 
     def _open(self, description: str) -> None:
         self._bar = tqdm(
@@ -85,8 +94,7 @@ class ProgressBar(Callback):
         self._close(logs)
         if self._mode == 2:
             seconds = time.monotonic() - self._epoch_started
-            line = f"Epoch {epoch + 1}/{self.learner.epochs} - {seconds:.1f}s - {format_logs(logs)}"
-            print(line, file=self.file or sys.stderr, flush=True)
+            self._print(f"Epoch {epoch + 1}/{self.learner.epochs} - {seconds:.1f}s - {format_logs(logs)}")
 
     def on_test_begin(self, logs: dict[str, Any]) -> None:
         if self._mode == 1 and not self.learner.fitting:
@@ -99,6 +107,8 @@ class ProgressBar(Callback):
     def on_test_end(self, logs: dict[str, Any]) -> None:
         if not self.learner.fitting:
             self._close(logs)
+            if self._mode == 2 and self.learner.verbose == 1:  # no terminal for the bar: one line instead
+                self._print(f"Evaluate - {format_logs(logs)}")
 
     def on_predict_begin(self, logs: dict[str, Any]) -> None:
         if self._mode == 1:
@@ -112,3 +122,9 @@ class ProgressBar(Callback):
 
     def on_exception(self, exception: BaseException) -> None:
         self._close()
+
+
+def _shows_a_bar(stream: Any) -> bool:
+    """Whether `stream` can redraw a bar in place: a terminal, or a Jupyter kernel (tqdm draws a widget)."""
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty is not None and isatty()) or "ipykernel" in sys.modules

@@ -11,11 +11,12 @@ callbacks); built-in callbacks live in `fitorch.callbacks`.
 
 from fitorch.callback import EVENTS, Callback, CallbackList, Every
 from fitorch.checkpoint import delete_checkpoint, latest_checkpoint, load_checkpoint, load_weights, save_checkpoint
-from fitorch.learner import LazyLogs, Learner
+from fitorch.learner import Learner
 from fitorch.losses import LOSSES
 from fitorch.metrics import (
     Accuracy,
     BatchMean,
+    LazyLogs,
     MeanAbsoluteError,
     MeanMetric,
     MeanSquaredError,

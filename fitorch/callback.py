@@ -36,6 +36,57 @@ PREDICT_EVENTS = ("on_predict_begin", "on_predict_batch_begin", "on_predict_batc
 EVENTS: tuple[str, ...] = TRAIN_EVENTS + TEST_EVENTS + PREDICT_EVENTS
 
 
+# Hook names of other libraries, mapped to the fitorch event a ported callback means (a close
+# spelling would often point at the wrong one: Lightning's `on_train_start` is not `on_train_end`).
+OTHER_LIBRARIES_EVENTS = {
+    # Keras 2 (and Keras 3's aliases)
+    "on_batch_begin": "on_train_batch_begin",
+    "on_batch_end": "on_train_batch_end",
+    # PyTorch Lightning
+    "on_fit_start": "on_train_begin",
+    "on_fit_end": "on_train_end",
+    "on_train_start": "on_train_begin",
+    "on_train_epoch_start": "on_epoch_begin",
+    "on_train_epoch_end": "on_epoch_end",
+    "on_train_batch_start": "on_train_batch_begin",
+    "on_validation_start": "on_test_begin",
+    "on_validation_epoch_start": "on_test_begin",
+    "on_validation_end": "on_test_end",
+    "on_validation_epoch_end": "on_test_end",
+    "on_validation_batch_start": "on_test_batch_begin",
+    "on_validation_batch_end": "on_test_batch_end",
+    "on_test_start": "on_test_begin",
+    "on_test_epoch_start": "on_test_begin",
+    "on_test_epoch_end": "on_test_end",
+    "on_test_batch_start": "on_test_batch_begin",
+    "on_predict_start": "on_predict_begin",
+    "on_predict_epoch_start": "on_predict_begin",
+    "on_predict_epoch_end": "on_predict_end",
+    "on_predict_batch_start": "on_predict_batch_begin",
+    "on_before_zero_grad": "on_optimizer_step",
+    "on_save_checkpoint": "state_dict",
+    "on_load_checkpoint": "load_state_dict",
+    # fastai (its hooks have no on_ prefix)
+    "before_fit": "on_train_begin",
+    "after_fit": "on_train_end",
+    "before_epoch": "on_epoch_begin",
+    "after_epoch": "on_epoch_end",
+    "before_train": "on_epoch_begin",
+    "after_train": "on_test_begin",
+    "before_validate": "on_test_begin",
+    "after_validate": "on_test_end",
+    "before_batch": "on_train_batch_begin",
+    "after_batch": "on_train_batch_end",
+    "after_pred": "on_before_backward",
+    "after_loss": "on_before_backward",
+    "before_backward": "on_before_backward",
+    "after_backward": "on_after_backward",
+    "before_step": "on_before_optimizer_step",
+    "after_step": "on_optimizer_step",
+    "after_cancel_fit": "on_exception",
+}
+
+
 class Callback:
     """Base class for everything that reacts to training events.
 
@@ -67,13 +118,14 @@ class Callback:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         for name in vars(cls):
-            if name.startswith("on_") and name not in EVENTS:
-                close = difflib.get_close_matches(name, EVENTS, n=1)
-                hint = f" Did you mean {close[0]!r}?" if close else ""
-                raise TypeError(
-                    f"{cls.__name__}.{name} is not a fitorch event, so it would never be called.{hint} "
-                    f"Events: {', '.join(EVENTS)}."
-                )
+            if name in EVENTS or not (name.startswith("on_") or name in OTHER_LIBRARIES_EVENTS):
+                continue
+            meant = OTHER_LIBRARIES_EVENTS.get(name) or next(iter(difflib.get_close_matches(name, EVENTS, n=1)), None)
+            hint = f" Did you mean {meant!r}?" if meant else ""
+            raise TypeError(
+                f"{cls.__name__}.{name} is not a fitorch event, so it would never be called.{hint} "
+                f"Events: {', '.join(EVENTS)}."
+            )
 
     @property
     def model(self) -> torch.nn.Module | None:

@@ -15,6 +15,7 @@ import functools
 import gc
 import logging
 import os
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
@@ -42,7 +43,7 @@ from fitorch.data import (
     unpack_batch,
 )
 from fitorch.losses import check_targets, loss_from_outputs, model_predictions, resolve_loss
-from fitorch.metrics import LazyLogs, Tracker, resolve_metrics
+from fitorch.metrics import RunningLogs, Tracker, resolve_metrics
 from fitorch.optimizers import OptimizerSpec, build_optimizers, check_optimizer
 from fitorch.seed import seed_everything
 from fitorch.state import GradientWindow, LoopState
@@ -51,6 +52,7 @@ if TYPE_CHECKING:  # the built-in callbacks import fitorch, so they are imported
     from fitorch.callbacks import History
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
+_PREPARE_MARKS = ("forward", "_original_forward", "_is_accelerate_prepared")  # what Accelerate sets on a model
 logger = logging.getLogger("fitorch")
 
 
@@ -183,6 +185,7 @@ class Learner:
         self.sync_gradients = True
         self.fitting = False
         self.exception: BaseException | None = None
+        self.resumed = False
         self._train_tracker = Tracker(self.metrics)
         self._test_tracker = Tracker(copy.deepcopy(self.metrics))
         self._raw_optimizers: list[torch.optim.Optimizer] = []  # kept across fits of the same model
@@ -191,6 +194,10 @@ class Learner:
         self._shuffle_generator: torch.Generator | None = None
         self._bypass_accelerate_wrappers = False
         self._call_loaders: list[DataLoader | None] = []
+        self._model_attributes: dict[str, Any] = {}
+        self._backward_calls = 0  # in the running accumulation window: steps must follow self.backward
+        self._stepping = False  # inside optimizer_step: an optimizer step outside it bypassed the learner
+        self._step_hooks: list[Any] = []
 
     # ------------------------------------------------------------------ the loop's position
 
@@ -275,7 +282,11 @@ class Learner:
             callbacks: extra callbacks for this call, after the learner's own.
             initial_epoch: epoch to start at (to continue an earlier run).
             resume: a checkpoint directory to continue from exactly (model, optimizer, counters,
-                RNG states and callback states), or True for the newest checkpoint under `run_dir`.
+                RNG states and callback states); True for the newest checkpoint under `run_dir`; or
+                `"auto"`: the newest checkpoint under `run_dir` when there is one, else a new run (one
+                command for the first start and every restart of a requeued job). A new run from
+                epoch 0 in a `run_dir` that holds another is refused (`"auto"` moves an earlier
+                attempt without checkpoints aside instead).
                 A backup offered by a callback (`BackupAndRestore`) takes precedence: it is the
                 newer state of this same fit (docs/checkpoints.md).
             hparams: hyperparameters of this fit, merged over `Learner(hparams=...)` into
@@ -300,7 +311,8 @@ class Learner:
         val_loader = self.accelerator.prepare(val_loader) if val_loader is not None else None
         self._call_loaders = [train_loader, val_loader]
         self.state.start_fit(epochs, initial_epoch, shuffle_seed)
-        self.stop_training, self.exception = False, None
+        self.stop_training, self.exception, self.resumed = False, None, False
+        vars(model).pop("stop_training", None)  # Keras's flag belongs to the fit that sets it
         try:
             self._resume(resume)  # `resume`, or a backup a callback offers (BackupAndRestore)
         except BaseException:
@@ -343,8 +355,10 @@ class Learner:
         if path is None and resume is not None and resume is not False:
             path = self._checkpoint_to_resume(resume)
         if path is None:
+            self._check_new_run(archive=resume == "auto")
             return
         loop = load_checkpoint(self, os.fspath(path))["loop"]
+        self.resumed = True
         logger.info(
             "Resumed from %s at epoch %d, batch %d, global step %d.",
             os.fspath(path),
@@ -353,23 +367,51 @@ class Learner:
             loop["global_step"],
         )
 
-    def _checkpoint_to_resume(self, resume: str | os.PathLike | bool) -> str:
-        if isinstance(resume, (str, os.PathLike)):
+    def _checkpoint_to_resume(self, resume: str | os.PathLike | bool) -> str | None:
+        if isinstance(resume, (str, os.PathLike)) and resume != "auto":
             return os.fspath(resume)
-        if resume is not True:
-            raise TypeError(f"resume must be a checkpoint path or True, got {resume!r}.")
+        if resume is not True and resume != "auto":
+            raise TypeError(f"resume must be a checkpoint path, True or 'auto', got {resume!r}.")
         if self.run_dir is None:
             raise ValueError(
-                "fit(resume=True) looks for the newest checkpoint under run_dir, but run_dir is None. "
+                f"fit(resume={resume!r}) looks for the newest checkpoint under run_dir, but run_dir is None. "
                 "Set Learner(run_dir=...) or pass the checkpoint's path: fit(..., resume='runs/x/backup')."
             )
         path = latest_checkpoint(self.run_dir) if os.path.isdir(self.run_dir) else None
+        if path is None and resume == "auto":
+            logger.info("fit(resume='auto'): no checkpoint under %s; starting a new run.", self.run_dir)
+            return None
         if path is None:
             raise ValueError(
                 f"fit(resume=True): no checkpoint under run_dir {self.run_dir!r}. Save some with "
                 "ModelCheckpoint or BackupAndRestore, or pass the checkpoint's path to resume."
             )
         return path
+
+    def _check_new_run(self, archive: bool) -> None:
+        """Refuse to start a new run from epoch 0 in a run_dir that holds another (or, asked, move it aside).
+
+        Logs and event files of two runs in one folder would interleave (TensorBoard would draw steps
+        0, 1, 2, 0, 1, 2); a fit that continues (`initial_epoch > 0`, or a resume) appends instead.
+        """
+        if self.run_dir is None or self.epoch > 0:
+            return
+        found = [name for name in _RUN_FILES if _holds_something(os.path.join(self.run_dir, name))]
+        if not found:
+            return
+        if not archive:
+            raise ValueError(
+                f"run_dir {self.run_dir!r} holds an earlier run ({', '.join(found)}), and this fit starts a new one "
+                "from epoch 0: their logs would interleave. Continue that run with fit(..., resume=True) (or "
+                "resume='auto'), give this run its own run_dir, or move the earlier run away."
+            )
+        if self.is_main_process:
+            aside = os.path.join(self.run_dir, f"attempt-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.makedirs(aside, exist_ok=True)
+            for name in found:
+                os.replace(os.path.join(self.run_dir, name), os.path.join(aside, name))
+            logger.info("fit(resume='auto'): the earlier attempt saved no checkpoint; its logs moved to %s.", aside)
+        self.accelerator.wait_for_everyone()  # no process writes before the earlier logs are aside
 
     def evaluate(
         self,
@@ -459,7 +501,7 @@ class Learner:
             `(loss, outputs)`: the loss that was optimised and the outputs that metrics read.
         """
         inputs, targets = unpack_batch(batch)
-        outputs = call_model(self.prepared_model, inputs)
+        self.outputs = outputs = call_model(self.prepared_model, inputs)
         loss = self.compute_loss(outputs, targets)
         self.backward(loss)
         if self.sync_gradients:
@@ -515,6 +557,8 @@ class Learner:
         Args:
             loss: the batch's mean loss; under accumulation fitorch weighs it by the batch's samples.
         """
+        self.loss = loss
+        self._backward_calls += 1
         self.active_callbacks.fire("on_before_backward", loss)
         loss = self.window.weigh(loss)
         if self._bypass_accelerate_wrappers:
@@ -535,13 +579,24 @@ class Learner:
         """
         optimizer = optimizer or self.optimizer
         parameters = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if parameters and not self._backward_calls:
+            raise RuntimeError(
+                "optimizer_step found gradients that did not come from self.backward(loss) in this "
+                "accumulation window: a custom train_step called loss.backward() itself, so gradient "
+                "accumulation, fp16 loss scaling and the backward events were skipped. Call "
+                "self.backward(loss) instead (docs/guide.md, Custom steps)."
+            )
         self.window.average(parameters)
         if not self._bypass_accelerate_wrappers:
             self.accelerator.unscale_gradients(optimizer)  # fp16: callbacks and clipping see true gradients
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(parameters, self.grad_clip)
         self.active_callbacks.fire("on_before_optimizer_step", optimizer)
-        optimizer.step()
+        self._stepping = True
+        try:
+            optimizer.step()
+        finally:
+            self._stepping = False
         optimizer.zero_grad(set_to_none=True)
         if getattr(optimizer, "step_was_skipped", False):  # Accelerate's wrapper, under fp16 loss scaling
             return
@@ -585,7 +640,7 @@ class Learner:
         logs.update(self.learning_rates())
         self.logs, self.state.epoch_complete = logs, True
         self.active_callbacks.fire("on_epoch_end", self.epoch, logs)
-        self.stop_training = self._any_process(self.stop_training)
+        self.stop_training = self._any_process(self._stop_requested())
 
     def _train_epoch(self, loader: DataLoader) -> dict[str, float]:
         callbacks, tracker, state = self.active_callbacks, self._train_tracker, self.state
@@ -593,10 +648,13 @@ class Learner:
         if state.resumed_sums:  # resuming inside this epoch: count the batches trained before the resume
             tracker.add_sums(state.resumed_sums, self.accelerator.device)
             state.resumed_sums = None
-        running_logs = self._running_logs(tracker)
+        running_logs = RunningLogs(tracker)
         self.window.reset()
         for index, batch in self._epoch_batches(loader):
             state.batch, state.step_taken = index, False
+            self.loss = self.outputs = None  # until this batch computes them
+            if self.window.starts_window:
+                self._backward_calls = 0
             if not self.prepared_model.training:
                 self.prepared_model.train()  # validation or a callback may have switched to eval
             callbacks.fire("on_train_batch_begin", index, {})
@@ -607,17 +665,19 @@ class Learner:
             with self._gradient_sync():
                 self.loss, self.outputs = self.train_step(batch)
             state.batches_done = index + 1
+            running_logs.settle_kept()
             self._track(tracker, self.loss, self.outputs, targets)
             callbacks.fire("on_train_batch_end", index, running_logs())
-            if self._any_process(self.stop_training):
+            if self._any_process(self._stop_requested()):
                 self.stop_training = True
                 break
+        running_logs.settle_kept()
         return tracker.results(**self._reduce_options())
 
     def _evaluate_loader(self, loader: DataLoader) -> dict[str, float]:
         callbacks, tracker = self.active_callbacks, self._test_tracker
         tracker.reset()
-        running_logs = self._running_logs(tracker)
+        running_logs = RunningLogs(tracker)
         self.prepared_model.eval()
         self.num_batches = _length(loader)
         callbacks.fire("on_test_begin", {})
@@ -625,8 +685,10 @@ class Learner:
             for self.batch, batch in enumerate(loader):
                 callbacks.fire("on_test_batch_begin", self.batch, {})
                 self.loss, self.outputs = self.test_step(batch)
+                running_logs.settle_kept()
                 self._track(tracker, self.loss, self.outputs, unpack_batch(batch)[1])
                 callbacks.fire("on_test_batch_end", self.batch, running_logs())
+        running_logs.settle_kept()
         results = tracker.results(**self._reduce_options())
         callbacks.fire("on_test_end", results)
         return results
@@ -720,6 +782,16 @@ class Learner:
             count = valid
         tracker.update(loss, predictions, targets, count)
 
+    def _stop_requested(self) -> bool:
+        """`stop_training`, set on the learner, or on the model the Keras way (`self.model.stop_training = True`).
+
+        The model's flag is taken over and removed, so the model leaves the fit as it came in.
+        """
+        if vars(self.model).get("stop_training") is True:
+            del self.model.stop_training
+            self.stop_training = True
+        return self.stop_training
+
     def _valid_samples(self, count: int) -> int:
         accelerator = self.accelerator
         if accelerator.num_processes == 1:
@@ -729,10 +801,6 @@ class Learner:
             return count
         # Gathered in process order, the first `remainder` samples of the last batch are real.
         return max(0, min(count, state.remainder - accelerator.process_index * count))
-
-    def _running_logs(self, tracker: Tracker) -> Any:
-        # Local values only: a collective here would hang when only the main process reads them.
-        return lambda: LazyLogs(tracker.results)
 
     def _reduce_options(self) -> dict[str, Any]:
         if self.accelerator.num_processes == 1:
@@ -763,6 +831,11 @@ class Learner:
             # read --gradient_accumulation_steps from the launcher would also divide every loss by it.
             gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=1),
         )
+        if accelerator.mixed_precision == "fp16" and not accelerator.native_amp and accelerator.device.type == "cpu":
+            raise ValueError(
+                "mixed_precision='fp16' needs a GPU: on the CPU Accelerate turns it off and would train in "
+                "float32 without a word. Use mixed_precision='bf16' on the CPU (or 'no'), or train on a GPU."
+            )
         if accelerator.num_processes > 1:
             _destroy_process_group_at_exit()
         if accelerator.distributed_type == DistributedType.DEEPSPEED:
@@ -794,6 +867,9 @@ class Learner:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
         self.model = model
+        # What Accelerate's prepare sets on the model itself (an autocast forward, a "prepared" flag
+        # that makes the next prepare skip the model): put back as it was when the call ends.
+        self._model_attributes = {name: vars(model)[name] for name in _PREPARE_MARKS if name in vars(model)}
         # Plain backward and optimizer steps are exactly what Accelerate would run in these modes.
         self._bypass_accelerate_wrappers = self.accelerator.scaler is None and self.accelerator.distributed_type in (
             DistributedType.NO,
@@ -806,6 +882,7 @@ class Learner:
             if self._optimizers_model is not model:  # a new model gets new optimizers; the same one keeps its state
                 self._raw_optimizers = build_optimizers(self.optimizer_spec, model, self.optimizer_options)
                 self._optimizers_model = model
+            self._step_hooks = [opt.register_step_post_hook(self._check_step_origin) for opt in self._raw_optimizers]
             prepared = self.accelerator.prepare(model, *self._raw_optimizers)
             self.prepared_model, self.optimizers = prepared[0], list(prepared[1:])
             if self._bypass_accelerate_wrappers:
@@ -850,10 +927,29 @@ class Learner:
         defaults.append(ModelCheckpoint(monitor=monitor, save_best_only=True, save_last=True))
         return [callback for callback in defaults if find_callback(chosen, type(callback)) is None]
 
+    def _check_step_origin(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if not self._stepping:
+            raise RuntimeError(
+                f"{type(optimizer).__name__}.step() was called outside self.optimizer_step(): a custom train_step "
+                "stepped the optimizer itself, so gradient clipping, accumulation, global_step, per-step "
+                "schedules and the optimizer events were skipped. Call self.optimizer_step(optimizer) "
+                "when self.sync_gradients is True (docs/guide.md, Custom steps)."
+            )
+
     def _end_call(self) -> None:
-        # Accelerate patched the model's forward for mixed precision; give the user back their model.
+        for handle in self._step_hooks:
+            handle.remove()
+        self._step_hooks = []
+        # Accelerate patched the model's forward for mixed precision and flagged it as prepared, which
+        # would make the next call skip it (and run without autocast): give the user back their model.
         if self.prepared_model is not None:
             self.accelerator.unwrap_model(self.prepared_model, keep_fp32_wrapper=False)
+        if self.model is not None:
+            for name in _PREPARE_MARKS:
+                if name in self._model_attributes:
+                    setattr(self.model, name, self._model_attributes[name])
+                else:
+                    vars(self.model).pop(name, None)
         workers = any(getattr(loader, "num_workers", 0) for loader in self._call_loaders)
         self._call_loaders = []
         if self.prepared_model is not self.model or workers:
@@ -918,6 +1014,13 @@ def _json_safe(value: Any) -> Any:
         return [_json_safe(item) for item in value]
     name = getattr(value, "__qualname__", None)
     return f"{getattr(value, '__module__', '')}.{name}" if name else repr(value)
+
+
+_RUN_FILES = ("train.log", "metrics.csv", "tensorboard", "checkpoints")  # what a run writes in run_dir
+
+
+def _holds_something(path: str) -> bool:
+    return os.path.isfile(path) or (os.path.isdir(path) and any(os.scandir(path)))
 
 
 def _length(loader: DataLoader) -> int | None:

@@ -12,7 +12,8 @@ A metric is a name (`"accuracy"`, `"top_k_accuracy"`, `"mae"`, `"mse"`), a calla
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import sys
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -309,23 +310,36 @@ def _to_float(value: Any) -> float:
     return float(value)
 
 
-class LazyLogs(Mapping):
+class LazyLogs(MutableMapping):
     """Batch logs computed only when read, so a step whose logs nobody reads forces no host sync.
 
     The learner passes one to `on_train_batch_end` and `on_test_batch_end`, wrapping `Tracker.results`.
+    A callback may keep it: the learner computes a kept one before the next batch changes the sums
+    (see `RunningLogs`), so it always reads its own batch's values. Keys a callback sets are added
+    to the values (as in Keras, where batch logs are a dict).
     """
 
-    def __init__(self, compute: Any) -> None:
+    def __init__(self, compute: Callable[[], dict[str, float]]) -> None:
         self._compute = compute
         self._values: dict[str, float] | None = None
 
-    def _read(self) -> dict[str, float]:
+    def settle(self) -> None:
+        """Compute the values now (one host sync), if nothing read them yet."""
         if self._values is None:
             self._values = self._compute()
+
+    def _read(self) -> dict[str, float]:
+        self.settle()
         return self._values
 
     def __getitem__(self, key: str) -> float:
         return self._read()[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._read()[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self._read()[key]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._read())
@@ -335,3 +349,27 @@ class LazyLogs(Mapping):
 
     def __repr__(self) -> str:
         return f"LazyLogs({self._read()!r})"
+
+
+class RunningLogs:
+    """Hands out one `LazyLogs` per batch over a tracker, and computes the last one if a callback kept it.
+
+    Call `settle_kept()` before the tracker takes the next batch: a `LazyLogs` that anything but
+    this object still references was kept (a list of batch logs, say), so it is computed then, with
+    the values of its own batch. One nobody kept is dropped uncomputed: no host sync.
+    """
+
+    def __init__(self, tracker: Tracker) -> None:
+        self.tracker = tracker
+        self._last: LazyLogs | None = None
+
+    def __call__(self) -> LazyLogs:
+        self._last = LazyLogs(self.tracker.results)
+        return self._last
+
+    def settle_kept(self) -> None:
+        """Compute the last batch's logs if a callback kept a reference to them."""
+        # Two references are ours: this attribute and getrefcount's own argument.
+        if self._last is not None and sys.getrefcount(self._last) > 2:
+            self._last.settle()
+        self._last = None

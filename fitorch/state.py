@@ -95,6 +95,11 @@ class GradientWindow:
         self._closed = True
 
     @property
+    def starts_window(self) -> bool:
+        """Whether the next micro-batch opens a new window (the last one closed)."""
+        return self._closed
+
+    @property
     def accumulating(self) -> bool:
         """Whether a window spans more than one micro-batch."""
         return self.steps > 1

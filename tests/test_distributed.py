@@ -53,6 +53,13 @@ def test_two_processes_give_the_numbers_of_one_on_101_samples(tmp_path):
     assert one["history"]["accuracy"][0] * 101 == pytest.approx(round(one["history"]["accuracy"][0] * 101))
 
 
+def test_mixed_precision_holds_in_every_call_under_two_processes(tmp_path):
+    check(torchrun("precision", tmp_path))
+    for rank in results(tmp_path):
+        assert rank["autocast"] == {"fit": [True], "fit_again": [True], "evaluate": [True], "predict": [True]}
+        assert "_is_accelerate_prepared" not in rank["attributes"] and "forward" not in rank["attributes"]
+
+
 def test_a_stop_asked_on_one_rank_stops_both_at_the_same_point(tmp_path):
     started = time.monotonic()
     check(torchrun("stop", tmp_path))

@@ -181,6 +181,44 @@ def test_bf16_mixed_precision_trains_on_cpu(data):
     assert seen == [torch.float32]
 
 
+class AutocastProbe(nn.Module):
+    """Records, at every forward, whether autocast is on: the learner's precision must hold in every call."""
+
+    def __init__(self):
+        super().__init__()
+        self.net, self.autocast = make_mlp(), []
+
+    def forward(self, inputs):
+        self.autocast.append(torch.is_autocast_enabled("cpu"))
+        return self.net(inputs)
+
+
+def test_mixed_precision_holds_for_every_call_and_the_model_comes_back_as_it_went_in(data):
+    """Accelerate skips a model it already prepared: a second fit, evaluate and predict ran in float32."""
+    x, y = data
+    model = AutocastProbe()
+    attributes, hooks = set(vars(model)), len(model._forward_hooks) + len(model._forward_pre_hooks)
+    learner = Learner(loss="cross_entropy", mixed_precision="bf16", cpu=True, verbose=0)
+    calls = {
+        "fit": lambda: learner.fit(model, (x, y), epochs=1, batch_size=32),
+        "fit again": lambda: learner.fit(model, (x, y), epochs=1, batch_size=32),
+        "evaluate": lambda: learner.evaluate(model, (x, y), batch_size=32),
+        "predict": lambda: learner.predict(model, x, batch_size=32),
+    }
+    for name, call in calls.items():
+        model.autocast.clear()
+        call()
+        assert model.autocast and all(model.autocast), f"{name} ran without autocast"
+        assert set(vars(model)) == attributes, f"{name} left {set(vars(model)) ^ attributes} on the model"
+        assert len(model._forward_hooks) + len(model._forward_pre_hooks) == hooks
+        assert model.forward.__func__ is AutocastProbe.forward
+    model.autocast.clear()
+    model(x[:2])
+    assert model.autocast == [False]
+    val_loss = learner.fit(model, (x, y), epochs=1, batch_size=32, validation_data=(x, y)).history["val_loss"][0]
+    assert learner.evaluate(model, (x, y), batch_size=32)["loss"] == pytest.approx(val_loss, abs=0)
+
+
 class GradNorm(Callback):
     def __init__(self):
         self.norms = []
@@ -473,3 +511,125 @@ def test_launcher_accumulation_setting_is_applied_once(monkeypatch, data):
     assert learner.grad_accum_steps == 2 and learner.accelerator.gradient_accumulation_steps == 1
     for ours, theirs in zip(launched.parameters(), reference.parameters()):
         torch.testing.assert_close(ours, theirs)
+
+
+def test_a_custom_step_that_steps_the_optimizer_itself_fails_with_the_fix(data):
+    """Lightning's manual optimisation habit skipped clipping and accumulation while global_step advanced."""
+    x, y = data
+
+    class ManualStep(Learner):
+        def train_step(self, batch):
+            inputs, targets = batch
+            outputs = self.prepared_model(inputs)
+            loss = self.compute_loss(outputs, targets)
+            self.backward(loss)
+            self.optimizer.step()
+            self.optimizer.zero_grad()
+            return loss, outputs
+
+    with pytest.raises(RuntimeError, match=r"step\(\) was called outside self.optimizer_step\(\).*grad"):
+        ManualStep(loss="cross_entropy", grad_clip=1.0, verbose=0).fit(make_mlp(), (x, y), epochs=1)
+
+    class ManualBackward(Learner):
+        def train_step(self, batch):
+            inputs, targets = batch
+            outputs = self.prepared_model(inputs)
+            loss = self.compute_loss(outputs, targets)
+            loss.backward()
+            if self.sync_gradients:
+                self.optimizer_step()
+            return loss, outputs
+
+    with pytest.raises(RuntimeError, match=r"did not come from self.backward\(loss\)"):
+        ManualBackward(loss="cross_entropy", grad_accum_steps=2, verbose=0).fit(make_mlp(), (x, y), epochs=1)
+
+
+def test_fp16_on_the_cpu_is_refused_instead_of_training_in_float32(data):
+    x, y = data
+    model = make_mlp()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match=r"fp16' needs a GPU.*mixed_precision='bf16'"):
+        Learner(loss="cross_entropy", mixed_precision="fp16", cpu=True, verbose=0).fit(model, (x, y))
+    assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())
+
+
+def test_outputs_and_loss_are_the_current_batchs_in_every_event_of_the_batch(data):
+    x, y = data
+    seen = []
+
+    class Peek(Callback):
+        def on_train_batch_begin(self, batch, logs):
+            seen.append(("begin", batch, self.learner.outputs is None and self.learner.loss is None))
+
+        def on_before_backward(self, loss):
+            outputs = self.learner.outputs
+            seen.append(("backward", self.learner.batch, outputs is not None and self.learner.loss is loss))
+            expected = self.learner.prepared_model(x[self.learner.batch * 16 : (self.learner.batch + 1) * 16])
+            torch.testing.assert_close(outputs, expected)
+
+    Learner(loss="cross_entropy", verbose=0).fit(
+        make_mlp(), (x, y), epochs=1, batch_size=16, shuffle=False, callbacks=[Peek()]
+    )
+    assert seen and all(ok for *_, ok in seen)
+
+
+class CrashAtEpoch(Callback):
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt("simulated crash")
+
+
+def test_a_new_run_in_a_run_dir_that_holds_one_is_refused_and_continuing_appends(tmp_path, data):
+    """A second fit from epoch 0 used to interleave its TensorBoard steps, CSV rows and log lines with the first."""
+    x, y = data
+    learner = Learner(loss="cross_entropy", run_dir=tmp_path, verbose=0)
+    learner.fit(make_mlp(), (x, y), epochs=2)
+    csv = (tmp_path / "metrics.csv").read_text()
+    with pytest.raises(ValueError, match=r"holds an earlier run \(train.log, metrics.csv.*resume=True"):
+        learner.fit(make_mlp(), (x, y), epochs=2)
+    assert (tmp_path / "metrics.csv").read_text() == csv
+    learner.fit(learner.model, (x, y), epochs=3, initial_epoch=2)  # continuing a run (Keras) appends
+    assert [line.split(",")[0] for line in (tmp_path / "metrics.csv").read_text().splitlines()] == [
+        "epoch",
+        "0",
+        "1",
+        "2",
+    ]
+
+
+def test_resume_auto_is_one_command_for_the_first_start_and_every_restart(tmp_path, data):
+    x, y = data
+
+    def command(callbacks=()):
+        model = make_mlp(dropout=0.2)
+        learner = Learner(loss="cross_entropy", seed=1, run_dir=tmp_path / "run", verbose=0)
+        learner.fit(model, (x, y), epochs=4, batch_size=16, resume="auto", callbacks=list(callbacks))
+        return learner, model
+
+    straight = Learner(loss="cross_entropy", seed=1, run_dir=tmp_path / "straight", verbose=0)
+    reference = make_mlp(dropout=0.2)
+    straight.fit(reference, (x, y), epochs=4, batch_size=16)
+    with pytest.raises(KeyboardInterrupt):
+        command([CrashAtEpoch(2)])  # the first start: nothing to resume, a new run; killed in epoch 2
+    learner, model = command()  # the restart resumes from run/checkpoints/last (end of epoch 1)
+    assert learner.resumed and learner.history.epoch == [0, 1, 2, 3]
+    for key, value in reference.state_dict().items():
+        assert torch.equal(value, model.state_dict()[key]), key
+    again, again_model = command()  # a completed run started again: nothing left to train
+    assert again.global_step == learner.global_step
+    assert torch.equal(again_model[0].weight, model[0].weight)
+
+
+def test_resume_auto_moves_an_attempt_without_checkpoints_aside(tmp_path, data):
+    x, y = data
+    learner = Learner(loss="cross_entropy", run_dir=tmp_path, verbose=0)
+    with pytest.raises(KeyboardInterrupt):
+        learner.fit(make_mlp(), (x, y), epochs=2, callbacks=[CrashAtEpoch(0)])
+    assert (tmp_path / "train.log").exists() and not any((tmp_path / "checkpoints").glob("*"))
+    learner.fit(make_mlp(), (x, y), epochs=1, resume="auto")
+    attempts = sorted(tmp_path.glob("attempt-*"))
+    assert len(attempts) == 1 and (attempts[0] / "train.log").exists()
+    assert (tmp_path / "metrics.csv").read_text().count("\n") == 2  # header and the new run's one epoch

@@ -143,3 +143,19 @@ def test_without_a_filepath_it_saves_under_the_runs_checkpoints_folder(tmp_path)
 def test_bad_arguments_fail_at_construction(options, error, match):
     with pytest.raises(error, match=match):
         ModelCheckpoint(**{"filepath": "x", **options})
+
+
+def test_a_second_model_on_the_same_learner_starts_with_no_best(tmp_path):
+    """The best value of the first model's fit used to block every save of the second model."""
+    x, y = make_classification(n=64)
+    best = ModelCheckpoint(tmp_path / "best", monitor="loss", save_best_only=True)
+    learner = Learner(loss="cross_entropy", lr=0.05, verbose=0, callbacks=[best])
+    learner.fit(make_mlp(seed=0), (x, y), epochs=6)
+    first_best = best.best
+    second = make_mlp(seed=1)
+    with torch.no_grad():
+        second[2].weight.mul_(50)  # a much worse start: its losses never beat the first model's
+    learner.fit(second, (x, y), epochs=1)
+    assert best.best > first_best
+    saved = load_file(tmp_path / "best" / "model.safetensors")
+    assert torch.equal(saved["2.weight"], second[2].weight.detach())

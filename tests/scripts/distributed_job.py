@@ -122,7 +122,41 @@ def resume(out, kill_at=None):
     return {"global_step": learner.global_step}
 
 
-SCENARIOS = {"numbers": numbers, "stop": stop, "fail": fail, "run_dir": run_dir, "resume": resume}
+class AutocastProbe(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net, self.autocast = make_mlp(), []
+
+    def forward(self, inputs):
+        self.autocast.append(torch.is_autocast_enabled("cpu"))
+        return self.net(inputs)
+
+
+def precision(out):
+    """bf16 must hold in every call on the same model (Accelerate skips a model it prepared before)."""
+    x, y = make_classification(n=32)
+    model, seen = AutocastProbe(), {}
+    learner = Learner(loss="cross_entropy", mixed_precision="bf16", verbose=0)
+    for name, call in [
+        ("fit", lambda: learner.fit(model, (x, y), epochs=1, batch_size=8)),
+        ("fit_again", lambda: learner.fit(model, (x, y), epochs=1, batch_size=8)),
+        ("evaluate", lambda: learner.evaluate(model, (x, y), batch_size=8)),
+        ("predict", lambda: learner.predict(model, x, batch_size=8)),
+    ]:
+        model.autocast.clear()
+        call()
+        seen[name] = sorted(set(model.autocast))
+    return {"autocast": seen, "attributes": sorted(vars(model))}
+
+
+SCENARIOS = {
+    "precision": precision,
+    "numbers": numbers,
+    "stop": stop,
+    "fail": fail,
+    "run_dir": run_dir,
+    "resume": resume,
+}
 
 if __name__ == "__main__":
     scenario, out = sys.argv[1], Path(sys.argv[2])
