@@ -12,7 +12,7 @@ import os
 from typing import Any
 
 from fitorch import Callback, Every, delete_checkpoint, latest_checkpoint, save_checkpoint
-from fitorch.checks import check_bool, check_path
+from fitorch.checks import check_bool, check_folder_creatable, check_path
 
 logger = logging.getLogger("fitorch")
 
@@ -93,6 +93,8 @@ class BackupAndRestore(Callback):
 
     def on_train_begin(self, logs: dict[str, Any]) -> None:
         self.failed = False
+        if self.learner.is_main_process:  # a path under a file fails now, not after an epoch of training
+            check_folder_creatable(self.path(), "backup_dir", owner="BackupAndRestore")
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
         if self.save_every.epoch_due(epoch):

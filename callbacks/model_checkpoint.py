@@ -13,7 +13,7 @@ import string
 from typing import Any
 
 from fitorch import Callback, Every, Monitor, delete_checkpoint, save_checkpoint
-from fitorch.checks import check_bool, check_int, check_number, check_path
+from fitorch.checks import check_bool, check_folder_creatable, check_int, check_number, check_path
 
 logger = logging.getLogger("fitorch")
 
@@ -105,6 +105,11 @@ class ModelCheckpoint(Callback):
         return self.monitored.best
 
     def on_train_begin(self, logs: dict[str, Any]) -> None:
+        if self.learner.is_main_process:  # a path under a file fails now, not after an epoch of training
+            pattern = self.filepath or self._default_filepath()
+            check_folder_creatable(
+                os.path.dirname(pattern.split("{", 1)[0]) or ".", "filepath", owner="ModelCheckpoint"
+            )
         if not self.learner.resumed:  # a new fit (another model, say) starts with no best and nothing kept
             self.monitored.best = None
             self.saved = []

@@ -12,6 +12,8 @@ See docs/checkpoints.md for the format and the crash protocol.
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,13 +24,15 @@ import torch
 from accelerate.utils import DistributedType
 from torch import nn
 
-from fitorch import storage
+from fitorch import restore, storage
 from fitorch.seed import gather_rng_states, set_rng_states
 from fitorch.storage import METADATA_FILE, MODEL_FILE, STATE_FILE
 from fitorch.version import __version__
 
 if TYPE_CHECKING:
     from fitorch.learner import Learner
+
+logger = logging.getLogger("fitorch")
 
 _LISTED = 5  # keys listed per kind in a mismatch message
 _TRAINING_KEYS = ("loop", "optimizers", "scaler", "rng", "callbacks")
@@ -78,10 +82,12 @@ def save_checkpoint(learner: Learner, path: str | os.PathLike, *, weights_only: 
     _refuse_sharded(learner, "save_checkpoint")
     path = os.fspath(path)
     accelerator = learner.accelerator
-    rng_states = None if weights_only else gather_rng_states(accelerator)  # a collective: every process
+    # Collectives, so every process makes them: each process's RNG states and running epoch sums.
+    rng_states = None if weights_only else gather_rng_states(accelerator)
+    loop = learner.loop_state()
     if learner.is_main_process:
         weights = dict(model.state_dict())
-        metadata = _describe(learner, model, weights, weights_only)
+        metadata = _describe(learner, model, weights, weights_only, loop)
         files = {MODEL_FILE: weights}
         if not weights_only:
             files[STATE_FILE] = _training_state(learner, rng_states, metadata)
@@ -139,16 +145,15 @@ def load_checkpoint(learner_or_model: Learner | nn.Module, path: str | os.PathLi
     model = _learner_model(learner, "load_checkpoint", "a fitorch.Learner or a torch.nn.Module")
     _refuse_sharded(learner, "load_checkpoint")
     checkpoint = _read(path, training_state=True)
-    _check_weights(model, checkpoint.weights, checkpoint.path, strict=True)
-    optimizer_states = _check_optimizers(learner, checkpoint)
-    callback_states = storage.decode(checkpoint.metadata["callbacks"], checkpoint.state, checkpoint.path)
+    restored = _check_training_state(learner, model, checkpoint)  # everything, before anything changes
+    _restore_callbacks(learner, restored.callbacks, checkpoint.path)  # first: the one part that can refuse
     model.load_state_dict(checkpoint.weights)
-    for optimizer, state in zip(learner.optimizers, optimizer_states):
+    for optimizer, state in zip(learner.optimizers, restored.optimizers):
         optimizer.load_state_dict(state)
-    _restore_scaler(learner, checkpoint)
-    _restore_callbacks(learner, callback_states)
+    if restored.scaler is not None:
+        learner.accelerator.scaler.load_state_dict(restored.scaler)
     learner.load_loop_state(checkpoint.metadata["loop"])
-    _restore_rng_states(learner, checkpoint)  # last: nothing after this may draw random numbers
+    set_rng_states(restored.rng)  # last: nothing after this may draw random numbers
     return checkpoint.metadata
 
 
@@ -188,21 +193,23 @@ def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True)
 
 
 def latest_checkpoint(directory: str | os.PathLike) -> str | None:
-    """The newest checkpoint at or under `directory` (by save time), or None when there is none.
+    """The newest readable checkpoint at or under `directory` (by save time), or None when there is none.
 
     `directory` may itself be a checkpoint. A copy left aside by a save that was killed between its
-    two renames counts in place of the checkpoint it stands for; unfinished writes never count.
+    two renames counts in place of the checkpoint it stands for; unfinished writes never count, and
+    neither does a checkpoint whose `checkpoint.json` is damaged (a warning names it).
 
     Args:
         directory: a checkpoint directory, or a folder to search (all depths), such as a run's folder.
-
-    Raises:
-        ValueError: a checkpoint found there has an unreadable `checkpoint.json`.
     """
-    found = storage.find_checkpoints(os.fspath(directory))
-    if not found:
-        return None
-    return max(found, key=lambda path: datetime.fromisoformat(storage.read_metadata(storage.resolve(path))["created"]))
+    dated = []
+    for path in storage.find_checkpoints(os.fspath(directory)):
+        try:
+            created = storage.read_metadata(storage.resolve(path)).get("created")
+            dated.append((datetime.fromisoformat(created), path))
+        except (ValueError, TypeError) as error:
+            logger.warning("latest_checkpoint: skipping %s: %s", path, error)
+    return max(dated)[1] if dated else None
 
 
 def delete_checkpoint(path: str | os.PathLike) -> bool:
@@ -238,7 +245,7 @@ def _learner_model(learner: Any, caller: str, accepted: str = "a fitorch.Learner
 
 
 def _describe(
-    learner: Learner, model: nn.Module, weights: Mapping[str, torch.Tensor], weights_only: bool
+    learner: Learner, model: nn.Module, weights: Mapping[str, torch.Tensor], weights_only: bool, loop: dict[str, Any]
 ) -> dict[str, Any]:
     """The JSON part that is known before any tensor is written."""
     parameters = {
@@ -251,7 +258,7 @@ def _describe(
         "fitorch_version": __version__,
         "torch_version": torch.__version__,
         "weights_only": weights_only,
-        "loop": learner.loop_state(),
+        "loop": loop,
         "model": {"class": type(model).__qualname__, "parameters": parameters},
         "config": learner.config(),
         "files": {},
@@ -308,58 +315,115 @@ def _callback_states(learner: Learner) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- restoring
 
 
-def _check_optimizers(learner: Learner, checkpoint: _Checkpoint) -> list[dict[str, Any]]:
+@dataclass
+class _Restore:
+    """What a checked checkpoint puts back into a learner, decoded: nothing of it is applied yet."""
+
+    optimizers: list[dict[str, Any]]
+    scaler: dict[str, Any] | None
+    rng: dict[str, Any]
+    callbacks: dict[str, Any]
+
+
+def _check_training_state(learner: Learner, model: nn.Module, checkpoint: _Checkpoint) -> _Restore:
+    """Decode and check every part of a checkpoint against the learner; raise before anything changes."""
+    metadata, where = checkpoint.metadata, f"Checkpoint {checkpoint.path!r}"
+    _check_weights(model, checkpoint.weights, checkpoint.path, strict=True, exact_dtypes=True)
+    accelerator = learner.accelerator
+    processes = accelerator.num_processes if accelerator is not None else 1
+    config = metadata.get("config") if isinstance(metadata.get("config"), Mapping) else {}
+    restore.check_loop(
+        metadata["loop"],
+        where,
+        epochs=learner.epochs or None,
+        num_batches=learner.num_batches,
+        saved_processes=config.get("num_processes", 1),
+        processes=processes,
+    )
+    try:
+        decoded = {key: storage.decode(metadata[key], checkpoint.state, checkpoint.path) for key in _TRAINING_KEYS}
+    except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as error:
+        raise ValueError(f"{where}: {METADATA_FILE} is malformed ({type(error).__name__}: {error}).") from None
+    restore.check_rng_states(decoded["rng"], where)
+    restore.check_callback_states(decoded["callbacks"], where)
+    rank = accelerator.process_index if accelerator is not None else 0
+    states = decoded["rng"]
+    return _Restore(
+        optimizers=_check_optimizers(learner, decoded["optimizers"], where),
+        scaler=_check_scaler(learner, decoded["scaler"], where),
+        rng=states[rank] if rank < len(states) else states[0],  # fewer processes saved it: the first's
+        callbacks=dict(decoded["callbacks"]),
+    )
+
+
+def _check_optimizers(learner: Learner, saved: Any, where: str) -> list[dict[str, Any]]:
     """The optimizer state dicts, after checking they fit the learner's optimizers."""
-    saved = checkpoint.metadata["optimizers"]
-    where = f"Checkpoint {checkpoint.path!r}"
-    if len(saved) != len(learner.optimizers):
+    if not isinstance(saved, list) or len(saved) != len(learner.optimizers):
+        count = len(saved) if isinstance(saved, list) else "no list of"
         raise ValueError(
-            f"{where} holds {len(saved)} optimizer(s), the learner has {len(learner.optimizers)}. "
+            f"{where} holds {count} optimizer(s), the learner has {len(learner.optimizers)}. "
             "Resume with the same optimizer setup it was saved with. Nothing was loaded."
         )
     states = []
     for optimizer, entry in zip(learner.optimizers, saved):
         name = type(_unwrap_optimizer(optimizer)).__name__
-        if entry["class"] != name:
+        saved_class = entry.get("class") if isinstance(entry, Mapping) else None
+        if saved_class != name:
             raise ValueError(
-                f"{where} holds the state of a {entry['class']} optimizer, the learner uses {name}. "
+                f"{where} holds the state of a {saved_class} optimizer, the learner uses {name}. "
                 "Resume with the optimizer it was saved with. Nothing was loaded."
             )
-        state = storage.decode(entry["state_dict"], checkpoint.state, checkpoint.path)
-        saved_sizes = [len(group["params"]) for group in state["param_groups"]]
-        sizes = [len(group["params"]) for group in optimizer.param_groups]
-        if saved_sizes != sizes:
-            raise ValueError(
-                f"{where}: the {name} parameter groups hold {saved_sizes} parameters, the learner's "
-                f"hold {sizes}. Resume with the same model and parameter groups. Nothing was loaded."
-            )
-        states.append(state)
+        restore.check_optimizer_state(_unwrap_optimizer(optimizer), entry.get("state_dict"), where, name)
+        states.append(entry["state_dict"])
     return states
 
 
-def _restore_rng_states(learner: Learner, checkpoint: _Checkpoint) -> None:
-    states = storage.decode(checkpoint.metadata["rng"], checkpoint.state, checkpoint.path)
-    rank = learner.accelerator.process_index if learner.accelerator is not None else 0
-    set_rng_states(states[rank] if rank < len(states) else states[0])  # fewer processes saved: the first's
-
-
-def _restore_scaler(learner: Learner, checkpoint: _Checkpoint) -> None:
-    saved = checkpoint.metadata["scaler"]
+def _check_scaler(learner: Learner, saved: Any, where: str) -> dict[str, Any] | None:
+    """The grad scaler's state to load, or None when there is none to load (or no scaler to take it)."""
     scaler = learner.accelerator.scaler if learner.accelerator is not None else None
-    if scaler is not None and saved:  # an empty state is that of a disabled scaler
-        scaler.load_state_dict(storage.decode(saved, checkpoint.state, checkpoint.path))
+    if scaler is None or not saved:  # an empty state is that of a disabled scaler
+        return None
+    if not isinstance(saved, Mapping) or not all(
+        isinstance(value, (int, float)) and math.isfinite(value) for value in saved.values()
+    ):
+        raise ValueError(f"{where}: the grad scaler state {saved!r} is not a mapping of numbers. Nothing was loaded.")
+    return dict(saved)
 
 
-def _restore_callbacks(learner: Learner, states: Mapping[str, Any]) -> None:
-    # A callback without a saved state keeps its own; a saved state without its callback is unused
-    # (resuming with a callback added or removed is legitimate).
+def _restore_callbacks(learner: Learner, states: Mapping[str, Any], path: str) -> None:
+    """Give each callback its saved state; if one refuses it, put back the ones done and raise.
+
+    A callback without a saved state keeps its own; a saved state without its callback is unused
+    (resuming with a callback added or removed is legitimate).
+    """
+    done: list[tuple[Any, dict[str, Any]]] = []
     for key, callback in _callback_keys(learner).items():
-        if key in states:
+        if key not in states:
+            continue
+        previous = callback.state_dict()
+        try:
             callback.load_state_dict(states[key])
+        except Exception as error:
+            for earlier, state in reversed(done):
+                earlier.load_state_dict(state)
+            raise ValueError(
+                f"Checkpoint {path!r}: {key} refused its saved state ({type(error).__name__}: {error}). "
+                "Nothing was loaded."
+            ) from error
+        done.append((callback, previous))
 
 
-def _check_weights(model: nn.Module, weights: Mapping[str, torch.Tensor], path: str, strict: bool) -> None:
-    """Raise, naming the first few keys of each kind, unless `weights` fit `model`."""
+def _check_weights(
+    model: nn.Module, weights: Mapping[str, torch.Tensor], path: str, strict: bool, exact_dtypes: bool = False
+) -> None:
+    """Raise, naming the first few keys of each kind, unless `weights` fit `model`.
+
+    With `exact_dtypes` (a resume), a dtype that differs from the model's is refused: loading float64
+    weights into a float32 model, or float32 into bfloat16, would round them without a word.
+    Otherwise (`load_weights`) floating-point weights are cast to the model's dtype with a warning,
+    and any other dtype change is refused.
+    """
+    _check_dtypes(model.state_dict(), weights, path, exact_dtypes)
     expected = model.state_dict()
     missing = [key for key in expected if key not in weights]
     unexpected = [key for key in weights if key not in expected]
@@ -380,6 +444,30 @@ def _check_weights(model: nn.Module, weights: Mapping[str, torch.Tensor], path: 
         f"Checkpoint {path!r} does not fit {type(model).__qualname__}: {'; '.join(parts)}. "
         f"The model was not changed. Load a checkpoint saved from the same architecture{hint}."
     )
+
+
+def _check_dtypes(
+    expected: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor], path: str, exact: bool
+) -> None:
+    changed = {
+        key: (weights[key].dtype, tensor.dtype)
+        for key, tensor in expected.items()
+        if key in weights and weights[key].dtype != tensor.dtype
+    }
+    if not changed:
+        return
+    listed = ", ".join(
+        f"{key} ({str(saved).removeprefix('torch.')} -> {str(model).removeprefix('torch.')})"
+        for key, (saved, model) in list(changed.items())[:_LISTED]
+    )
+    castable = all(saved.is_floating_point and model.is_floating_point for saved, model in changed.values())
+    if exact or not castable:
+        reason = "a resume must continue with the exact weights" if exact else "only floating-point weights are cast"
+        raise ValueError(
+            f"Checkpoint {path!r} holds {len(changed)} weight(s) of another dtype than the model's: {listed}; "
+            f"{reason}. Convert the model first (model.to(dtype)). The model was not changed."
+        )
+    logger.warning("load_weights: casting %d weight(s) of %s to the model's dtype: %s.", len(changed), path, listed)
 
 
 def _fill_tied(model: nn.Module, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -19,7 +19,15 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["check_bool", "check_choice", "check_int", "check_number", "check_path", "check_str"]
+__all__ = [
+    "check_bool",
+    "check_choice",
+    "check_folder_creatable",
+    "check_int",
+    "check_number",
+    "check_path",
+    "check_str",
+]
 
 
 def _prefix(owner: str | None) -> str:
@@ -206,4 +214,27 @@ def check_path(value: Any, name: str, *, allow_none: bool = False, owner: str | 
         raise _fail(TypeError, owner, name, what, value)
     if not path:
         raise _fail(ValueError, owner, name, "a non-empty path", value)
+    return path
+
+
+def check_folder_creatable(path: str, name: str, *, owner: str | None = None) -> str:
+    """Return `path` when it is a folder, or a folder that can be created where it is (checked at the start of a fit).
+
+    The nearest existing ancestor must be a writable folder: a checkpoint path under a file, or on a
+    read-only disk, would otherwise fail only at the first save, after an epoch of training.
+
+    Raises:
+        ValueError: an ancestor is a file, or `path` itself is a file.
+        PermissionError: the nearest existing folder is not writable.
+    """
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        where = "is a file" if existing == os.path.abspath(path) else f"is under the file {existing!r}"
+        raise ValueError(
+            f"{_prefix(owner)}{name} {path!r} {where}, so no folder can be made there; choose another path."
+        )
+    if not os.access(existing, os.W_OK):
+        raise PermissionError(f"{_prefix(owner)}{name} {path!r}: the folder {existing!r} is not writable.")
     return path

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, is_initialized
-from accelerate.utils import DistributedType, GradientAccumulationPlugin
+from accelerate.utils import DistributedType, GradientAccumulationPlugin, gather_object
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -311,6 +311,7 @@ class Learner:
         val_loader = self.accelerator.prepare(val_loader) if val_loader is not None else None
         self._call_loaders = [train_loader, val_loader]
         self.state.start_fit(epochs, initial_epoch, shuffle_seed)
+        self.num_batches = _length(train_loader)  # a resume checks its batch against it
         self.stop_training, self.exception, self.resumed = False, None, False
         vars(model).pop("stop_training", None)  # Keras's flag belongs to the fit that sets it
         try:
@@ -646,7 +647,10 @@ class Learner:
         callbacks, tracker, state = self.active_callbacks, self._train_tracker, self.state
         tracker.reset()
         if state.resumed_sums:  # resuming inside this epoch: count the batches trained before the resume
-            tracker.add_sums(state.resumed_sums, self.accelerator.device)
+            sums = state.resumed_sums
+            if self.accelerator.num_processes > 1:
+                sums = sums[str(self.accelerator.process_index)]  # this process's share
+            tracker.add_sums(sums, self.accelerator.device)
             state.resumed_sums = None
         running_logs = RunningLogs(tracker)
         self.window.reset()
@@ -717,12 +721,18 @@ class Learner:
     def loop_state(self) -> dict[str, Any]:
         """Where the loop stands, for checkpoints: the next epoch and batch to run, the step count, the shuffle seed.
 
-        Inside an epoch it also holds the epoch's running loss and metric sums (on one process; under
-        several, each process holds only its own share, so a resumed epoch counts its batches since
-        the resume).
+        Inside an epoch it also holds the epoch's running loss and metric sums, so that a resumed
+        epoch reports its values over all its batches; under several processes, each process's share
+        (gathering them is a collective call: every process must call this).
         """
-        single = self.accelerator is None or self.accelerator.num_processes == 1
-        return self.state.state_dict(self._train_tracker.sums() if single and self.state.batches_done else None)
+        if not self.state.batches_done or self.state.epoch_complete:
+            return self.state.state_dict()
+        sums = self._train_tracker.sums()
+        if self.accelerator is not None and self.accelerator.num_processes > 1:
+            # Each process summed its own share of the epoch: keep every share (a collective call).
+            shares = gather_object([sums])
+            sums = {str(rank): share for rank, share in enumerate(shares)}
+        return self.state.state_dict(sums)
 
     def load_loop_state(self, state: Mapping[str, Any]) -> None:
         """Continue from a `loop_state()`: the next `fit` epoch starts there, skipping batches already trained."""

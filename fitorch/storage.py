@@ -25,7 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 FORMAT_NAME = "fitorch-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: checkpoint.json carries a checksum of its own content
 METADATA_FILE = "checkpoint.json"
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "training_state.safetensors"
@@ -139,17 +139,44 @@ def check_replaceable(path: str) -> None:
 
 
 def clean_leftovers(path: str) -> None:
-    """Finish or undo what a killed save or delete of `path` left behind (main process only)."""
+    """Finish or undo what killed saves and deletions left beside `path` (main process only).
+
+    The copy of `path` set aside by a save killed between its renames is moved back or dropped; the
+    half-deleted folders of killed deletions (`.NAME.del-*`) of any checkpoint in the folder are
+    removed, and so are unfinished writes (`.NAME.tmp-PID-*`) of processes that are gone.
+    """
     parent, aside = os.path.dirname(os.path.abspath(path)), aside_path(path)
     if os.path.isdir(aside):
         if os.path.exists(path):
             shutil.rmtree(aside)  # killed after the new copy was in place: the old one is done with
         else:
             os.replace(aside, path)  # killed between the two renames: the old copy is the checkpoint
-    for prefix in (hidden_name(path, "tmp-"), hidden_name(path, "del-")):
-        for entry in os.scandir(parent):
-            if entry.name.startswith(prefix):
-                shutil.rmtree(entry.path, ignore_errors=True)
+    for entry in os.scandir(parent):
+        if entry.name.startswith(".") and _abandoned(entry.name, path):
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _abandoned(name: str, path: str) -> bool:
+    """Whether a hidden folder is a killed deletion, or an unfinished write nobody will finish."""
+    if ".del-" in name:
+        return True
+    head, marker, rest = name.rpartition(".tmp-")
+    if not marker:
+        return False
+    if head == hidden_name(path, "")[:-1]:
+        return True  # an earlier write of this very checkpoint: this save replaces it
+    pid = rest.split("-", 1)[0]
+    return pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def write_directory(path: str, files: dict[str, dict[str, torch.Tensor]], metadata: dict[str, Any]) -> None:
@@ -165,17 +192,25 @@ def write_directory(path: str, files: dict[str, dict[str, torch.Tensor]], metada
     if os.path.exists(path):
         check_replaceable(path)
     temp = os.path.join(parent, hidden_name(path, f"tmp-{os.getpid()}-{secrets.token_hex(4)}"))
-    os.mkdir(temp)  # not tempfile.mkdtemp: its private 0o700 mode would stay on the renamed checkpoint
     try:
+        os.mkdir(temp)  # not tempfile.mkdtemp: its private 0o700 mode would stay on the renamed checkpoint
         for name, tensors in files.items():
             writable, aliases = _writable(tensors, name)
             metadata["files"][name] = {**write_tensors(os.path.join(temp, name), writable), "aliases": aliases}
-        _write_json(os.path.join(temp, METADATA_FILE), metadata)  # last: names every file above
+        write_json(os.path.join(temp, METADATA_FILE), metadata)  # last: names every file above
         _fsync_directory(temp)
         if os.path.exists(path):
             os.replace(path, aside_path(path))
         os.replace(temp, path)
         _fsync_directory(parent)  # the renames themselves reach the disk
+    except OSError as error:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise OSError(
+            error.errno,
+            f"Cannot write the checkpoint {path!r}: {error.strerror or error}. The previous checkpoint there, if "
+            "any, is intact. Free space on that disk (or fix its permissions), or save somewhere else.",
+            error.filename,
+        ) from error
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
@@ -236,7 +271,18 @@ def _crc32(handle: Any) -> int:
         return zlib.crc32(view)
 
 
-def _write_json(file: str, data: dict[str, Any]) -> None:
+_JSON_CHECKSUM = "json_crc32"
+
+
+def _json_checksum(data: Mapping[str, Any]) -> int:
+    """CRC-32 of `data` without its checksum field, serialised canonically (sorted keys, no spaces)."""
+    content = {key: value for key, value in data.items() if key != _JSON_CHECKSUM}
+    return zlib.crc32(json.dumps(content, sort_keys=True, separators=(",", ":")).encode())
+
+
+def write_json(file: str, data: dict[str, Any]) -> None:
+    """Write `data` with a checksum of its own content, and fsync it; `read_json` verifies it."""
+    data[_JSON_CHECKSUM] = _json_checksum(data)
     with open(file, "w", encoding="utf-8") as handle:
         json.dump(data, handle, indent=1)
         handle.flush()
@@ -269,24 +315,42 @@ def resolve(path: str | os.PathLike) -> str:
 
 
 def read_metadata(directory: str) -> dict[str, Any]:
+    """The checkpoint's `checkpoint.json`, after checking its format, version and checksum.
+
+    Raises:
+        ValueError: the file is unreadable, not a fitorch checkpoint description, of a newer format
+            version, damaged (its content does not match its checksum), or lacks the list of files.
+    """
     file = os.path.join(directory, METADATA_FILE)
+    damaged = f"Checkpoint {directory!r}: {METADATA_FILE} is damaged"
     try:
         with open(file, encoding="utf-8") as handle:
             metadata = json.load(handle)
-    except (OSError, ValueError) as error:
-        raise ValueError(
-            f"Checkpoint {directory!r}: cannot read {METADATA_FILE} ({error}). "
-            "The file is damaged; use another checkpoint."
-        ) from None
+    except (OSError, ValueError, RecursionError) as error:
+        raise ValueError(f"{damaged} ({type(error).__name__}: {error}); use another checkpoint.") from None
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT_NAME:
         raise ValueError(f"Checkpoint {directory!r}: {METADATA_FILE} is not a fitorch checkpoint description.")
     version = metadata.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if type(version) is not int or version < 1:
+        raise ValueError(f"{damaged}: format_version is {version!r}, not a version number; use another checkpoint.")
+    if version > FORMAT_VERSION:
         raise ValueError(
             f"Checkpoint {directory!r} has format version {version!r}, written by a newer fitorch "
             f"(fitorch {metadata.get('fitorch_version')}); this fitorch reads format version "
             f"{FORMAT_VERSION} and older. Upgrade fitorch: pip install -U fitorch."
         )
+    if version >= 2 and metadata.get(_JSON_CHECKSUM) != _json_checksum(metadata):
+        raise ValueError(
+            f"{damaged}: its content does not match its checksum (corrupted or edited); use another checkpoint."
+        )
+    if not isinstance(metadata.get("files"), dict) or not all(
+        isinstance(entry, dict)
+        and type(entry.get("bytes")) is int
+        and type(entry.get("crc32")) is int
+        and isinstance(entry.get("aliases", {}), dict)
+        for entry in metadata["files"].values()
+    ):
+        raise ValueError(f"{damaged}: its list of files is missing or malformed; use another checkpoint.")
     return metadata
 
 

@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file, load_model, save_file
 from torch import nn
 
+import fitorch
 from fitorch import (
     Callback,
     Learner,
@@ -344,7 +345,7 @@ def test_a_newer_format_version_a_missing_path_and_a_foreign_folder_are_refused(
     with pytest.raises(ValueError, match="not a fitorch checkpoint"):
         load_weights(model, tmp_path / "foreign")
     (newer / "checkpoint.json").write_text("{ not json")
-    with pytest.raises(ValueError, match="cannot read checkpoint.json"):
+    with pytest.raises(ValueError, match="checkpoint.json is damaged"):
         load_weights(model, newer)
     assert_same_tensors(before, clone_state(model))
 
@@ -374,3 +375,186 @@ def test_a_bare_state_dict_file_saved_by_safetensors_loads(tmp_path):
     fresh = job.make_model(seed=9)
     load_weights(fresh, tmp_path / "weights.safetensors")
     assert_same_tensors(clone_state(model), clone_state(fresh))
+
+
+# ---------------------------------------------------------------------------- checked before anything is touched
+
+
+class Counters(Callback):
+    """State a resume would overwrite: a callback whose state must survive a refused checkpoint."""
+
+    def __init__(self):
+        self.value = 123
+
+    def state_dict(self):
+        return {"value": self.value}
+
+    def load_state_dict(self, state):
+        self.value = int(state["value"])
+
+
+def snapshot(learner, model, counters):
+    """Everything a refused checkpoint must leave as it was: weights, optimizer state, RNGs, a callback."""
+    optimizer = learner._raw_optimizers[0].state_dict() if learner._raw_optimizers else {}
+    rng = (random.getstate(), np.random.get_state()[1].tolist(), torch.get_rng_state())
+    return clone_state(model), json.dumps(optimizer, default=lambda t: t.tolist()), rng, counters.value
+
+
+def assert_refused_untouched(learner, model, path, match):
+    counters = Counters()
+    before = snapshot(learner, model, counters)
+    if learner.seed is not None:  # fit itself seeds every RNG first; the checkpoint must change nothing after that
+        fitorch.seed_everything(learner.seed)
+        before = (*before[:2], snapshot(learner, model, counters)[2], before[3])
+    with pytest.raises(ValueError, match=match):
+        job.fit(learner, model, 3, resume=path, callbacks=[counters])
+    after = snapshot(learner, model, counters)
+    assert_same_tensors(before[0], after[0])
+    assert before[1] == after[1] and before[3] == after[3]
+    assert before[2][0] == after[2][0] and before[2][1] == after[2][1] and torch.equal(before[2][2], after[2][2])
+
+
+def edited(source, target, edit):
+    """A copy of a checkpoint whose checkpoint.json `edit` changed, with a valid checksum (a hand edit or a bug)."""
+    from fitorch import storage
+
+    shutil.copytree(source, target)
+    metadata = json.loads((target / "checkpoint.json").read_text())
+    edit(metadata)
+    storage.write_json(str(target / "checkpoint.json"), metadata)
+    return target
+
+
+def test_single_bit_flips_in_checkpoint_json_are_refused_or_change_nothing(trained):
+    """59 of 400 random flips used to load silently with other values (an lr of 0.03 for 0.01)."""
+    from fitorch import storage
+
+    path = trained[1]
+    data = (path / "checkpoint.json").read_bytes()
+    original = storage.read_metadata(str(path))
+    generator = random.Random(0)
+    outcomes = {"refused": 0, "same": 0}
+    for _ in range(400):
+        flipped = bytearray(data)
+        flipped[generator.randrange(len(flipped))] ^= 1 << generator.randrange(8)
+        (path / "checkpoint.json").write_bytes(bytes(flipped))
+        try:
+            read = storage.read_metadata(str(path))
+        except ValueError:
+            outcomes["refused"] += 1
+        else:
+            assert read == original  # whitespace or an equal spelling: the same content
+            outcomes["same"] += 1
+    (path / "checkpoint.json").write_bytes(data)
+    assert outcomes["refused"] > 350
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda m: m["loop"].update(epoch=-1), r"loop.epoch is -1, not an int >= 0"),
+        (lambda m: m["loop"].update(batch="3"), r"loop.batch is '3'"),
+        (lambda m: m["loop"].update(shuffle_seed=2**70), r"loop.shuffle_seed.*beyond the range"),
+        (lambda m: m["loop"].update(epoch=9), r"continues at epoch 10, beyond this fit's epochs=3"),
+        (lambda m: m["loop"].update(batch=50), r"after batch 50 of an epoch, but an epoch of this data has 9"),
+        (
+            lambda m: m["rng"][0]["__tuple__"].__setitem__(0, 7) if "__tuple__" in m["rng"][0] else m["rng"].clear(),
+            r"RNG",
+        ),
+        (
+            lambda m: m["rng"][0]["numpy"].update(__tuple__=m["rng"][0]["numpy"]["__tuple__"][:2]),
+            r"process 0 is invalid",
+        ),
+        (lambda m: m["callbacks"].update({"Counters[0]": 5}), r"callback states are not a mapping of mappings"),
+        (lambda m: m["optimizers"][0]["state_dict"]["param_groups"][0].update(lr="0.01"), r"group 0: lr is '0.01'"),
+        (lambda m: m["optimizers"][0]["state_dict"]["param_groups"][0].pop("betas"), r"lacks 'betas'"),
+        (lambda m: m.update(optimizers={}), r"optimizer"),
+        (lambda m: m["loop"].pop("global_step"), r"loop.global_step is None"),
+    ],
+)
+def test_a_consistent_but_bad_checkpoint_json_is_refused_before_anything_changes(trained, tmp_path, edit, match):
+    """Loop counters, RNG and callback states used to be checked while applied, after the model was replaced."""
+    learner = job.make_learner()
+    model = job.make_model(seed=5)
+    job.fit(learner, model, 1)
+    assert_refused_untouched(learner, model, edited(trained[1], tmp_path / "bad", edit), match)
+
+
+def test_optimizer_state_of_parameters_in_another_order_is_refused(tmp_path):
+    """Same class and group sizes, parameters reversed: the fit used to die inside adam.py, model replaced."""
+    forward = Learner(
+        loss="cross_entropy", optimizer=lambda m: torch.optim.AdamW(list(m.parameters())), seed=1, verbose=0
+    )
+    job.fit(forward, job.make_model(), 1)
+    save_checkpoint(forward, tmp_path / "forward")
+    backward = Learner(
+        loss="cross_entropy", optimizer=lambda m: torch.optim.AdamW(list(m.parameters())[::-1]), seed=1, verbose=0
+    )
+    model = job.make_model(seed=2)
+    job.fit(backward, model, 1)
+    assert_refused_untouched(backward, model, tmp_path / "forward", r"belongs to another model or parameter order")
+
+
+def test_weights_of_another_dtype_are_refused_on_resume_and_cast_with_a_warning_by_load_weights(
+    trained, tmp_path, caplog
+):
+    learner = job.make_learner()
+    job.fit(learner, job.make_model(), 1)
+    learner.model.double()  # float64 weights in the checkpoint
+    save_checkpoint(learner, tmp_path / "f64")
+    target = job.make_learner()
+    model = job.make_model(seed=3)
+    job.fit(target, model, 1)
+    assert_refused_untouched(target, model, tmp_path / "f64", r"float64 -> float32.*a resume must continue")
+    with caplog.at_level("WARNING", logger="fitorch"):
+        load_weights(model, tmp_path / "f64")
+    assert "casting 4 weight(s)" in caplog.text and model[0].weight.dtype == torch.float32
+    save_file({key: value.long() for key, value in model.state_dict().items()}, tmp_path / "ints.safetensors")
+    with pytest.raises(ValueError, match="only floating-point weights are cast"):
+        load_weights(model, tmp_path / "ints.safetensors")
+
+
+def test_leftovers_of_killed_deletions_are_cleaned_and_bad_paths_fail_before_training(trained, tmp_path):
+    learner, source = trained
+    shutil.copytree(source, tmp_path / ".epoch001.del-0a1b2c3d")  # a kill inside delete_checkpoint (keep=N)
+    shutil.copytree(source, tmp_path / ".epoch002.tmp-999999999-abcd")  # an unfinished write of a dead process
+    save_checkpoint(learner, tmp_path / "epoch003")
+    assert sorted(os.listdir(tmp_path)) == ["epoch003"]
+
+    (tmp_path / "a_file").write_text("not a folder")
+    model = job.make_model()
+    before = clone_state(model)
+    for callback in (ModelCheckpoint(tmp_path / "a_file" / "best"), BackupAndRestore(tmp_path / "a_file" / "b")):
+        with pytest.raises(ValueError, match=r"(a_file' is a file|is under the file .*a_file'), so no folder can be"):
+            job.fit(job.make_learner(), model, 2, callbacks=[callback])
+    assert_same_tensors(before, clone_state(model))
+
+
+def test_a_full_disk_names_the_checkpoint_and_keeps_the_previous_one(trained, tmp_path, monkeypatch):
+    import errno
+
+    from fitorch import storage
+
+    learner, _ = trained
+    save_checkpoint(learner, tmp_path / "ckpt")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(storage, "write_tensors", full)
+    with pytest.raises(OSError, match=r"Cannot write the checkpoint .*ckpt.*No space left.*previous checkpoint there"):
+        save_checkpoint(learner, tmp_path / "ckpt")
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"]
+    load_weights(job.make_model(), tmp_path / "ckpt")
+
+
+@pytest.mark.parametrize("version", [None, "1", 0])
+def test_a_missing_or_malformed_format_version_is_called_damaged_not_newer(trained, tmp_path, version):
+    path = edited(
+        trained[1],
+        tmp_path / "v",
+        lambda m: m.update(format_version=version) if version is not None else m.pop("format_version"),
+    )
+    with pytest.raises(ValueError, match=r"format_version is .*, not a version number"):
+        load_weights(job.make_model(), path)
