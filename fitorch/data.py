@@ -144,7 +144,7 @@ def make_loader(data: DataLike, name: str, options: LoaderOptions, *, train: boo
         batch_size=batch_size,
         shuffle=shuffle and not iterable,
         num_workers=workers,
-        persistent_workers=workers > 0,
+        persistent_workers=False,  # workers restart each epoch, seeded from (seed, epoch): exact resume
         pin_memory=options.pin_memory,
         generator=options.generator,
     )

@@ -13,6 +13,7 @@ import atexit
 import copy
 import functools
 import gc
+import itertools
 import logging
 import os
 import time
@@ -323,6 +324,27 @@ class Learner:
         self._fit_loop(train_loader, val_loader)
         return self.history
 
+    def _own_the_shuffle(self, loader: DataLoader, name: str) -> None:
+        """Let the learner's per-epoch generator drive the shuffling and worker seeds of a user's DataLoader.
+
+        Raises:
+            ValueError: persistent workers, whose random state carries over from epoch to epoch, so
+                that no resumed run could reproduce it.
+        """
+        if loader.num_workers and loader.persistent_workers:
+            raise ValueError(
+                f"{name} uses persistent_workers=True: each worker's random state would carry over from one "
+                "epoch to the next, so a resumed fit could not draw what the first run drew, and fitorch "
+                "promises exact resume. Pass persistent_workers=False (fitorch then seeds each epoch's "
+                "workers from the learner's seed and the epoch), or let fitorch build the loader."
+            )
+        sampler = getattr(loader, "sampler", None)
+        batch_sampler = getattr(loader, "batch_sampler", None)
+        for candidate in (sampler, getattr(batch_sampler, "sampler", None)):
+            if candidate is not None and hasattr(candidate, "generator"):
+                candidate.generator = self._shuffle_generator
+        loader.generator = self._shuffle_generator  # worker seeds are drawn from it
+
     def _fit_loaders(
         self,
         data: DataLike,
@@ -339,6 +361,8 @@ class Learner:
                 raise ValueError("validation_split needs tensors or a Dataset, not a DataLoader; pass validation_data.")
             data, validation_data = split_for_validation(dataset, validation_split)
         train_loader = make_loader(data, "data", options, train=True)
+        if isinstance(data, DataLoader):
+            self._own_the_shuffle(train_loader, "data")
         if validation_data is None:
             return train_loader, None
         eval_options = LoaderOptions(batch_size, None, options.num_workers, options.pin_memory)
@@ -770,14 +794,18 @@ class Learner:
         return self.accelerator.no_sync(self.prepared_model)  # skip the all-reduce inside a window
 
     def _epoch_batches(self, loader: DataLoader) -> Iterator[tuple[int, Any]]:
-        if self._shuffle_generator is not None:
-            # A seed per epoch makes each epoch's order a pure function of (seed, epoch), so a
-            # resumed run draws exactly the order the uninterrupted run drew.
-            self._shuffle_generator.manual_seed(self.state.shuffle_seed + self.epoch)
+        # A seed per epoch makes the epoch's order, and the seeds of its loader workers (drawn from the
+        # same generator when the workers start, every epoch), a pure function of (seed, epoch): a
+        # resumed run draws exactly what the uninterrupted run drew.
+        self._shuffle_generator.manual_seed(self.state.shuffle_seed + self.epoch)
         skip, self.state.skip_batches = self.state.skip_batches, 0
-        if skip:
-            return enumerate(self.accelerator.skip_first_batches(loader, skip), start=skip)
-        return enumerate(loader)
+        if not skip:
+            return enumerate(loader)
+        if loader.num_workers:
+            # Workers draw their own random numbers (augmentations): fetch the skipped batches and drop
+            # them, so each worker's generator reaches the resume point as it did in the first run.
+            return itertools.islice(enumerate(loader), skip, None)
+        return enumerate(self.accelerator.skip_first_batches(loader, skip), start=skip)
 
     def _track(self, tracker: Tracker, loss: torch.Tensor | None, outputs: Any, targets: Any) -> None:
         predictions = model_predictions(outputs)

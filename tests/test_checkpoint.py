@@ -21,6 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, load_model, save_file
 from torch import nn
+from torch.utils.data import DataLoader
 
 import fitorch
 from fitorch import (
@@ -558,3 +559,56 @@ def test_a_missing_or_malformed_format_version_is_called_damaged_not_newer(train
     )
     with pytest.raises(ValueError, match=r"format_version is .*, not a version number"):
         load_weights(job.make_model(), path)
+
+
+# ---------------------------------------------------------------------------- loader workers
+
+
+class NoisyDataset(torch.utils.data.Dataset):
+    """A non-tensor dataset that draws random numbers per sample (an augmentation), in the workers."""
+
+    def __init__(self):
+        self.x, self.y = job.make_data()
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, index):
+        return self.x[index] + 0.1 * torch.randn(self.x.shape[1]), self.y[index]
+
+
+def resume_with_workers(tmp_path, data_for, crash_step, **learner_options):
+    """A fit straight through, and one crashed at `crash_step` and started again; returns both models."""
+
+    def attempt(crash):
+        model, data = job.make_model(), data_for()
+        callbacks = [BackupAndRestore(tmp_path / "backup", save_freq=2)] + ([StopAtStep(crash)] if crash else [])
+        learner = job.make_learner(**learner_options)
+        options = {} if isinstance(data, DataLoader) else {"batch_size": job.BATCH_SIZE}
+        try:
+            learner.fit(model, data, epochs=3, callbacks=callbacks, **options)
+        except KeyboardInterrupt:
+            return None
+        return model
+
+    straight = attempt(None)
+    shutil.rmtree(tmp_path / "backup", ignore_errors=True)
+    assert attempt(crash_step) is None
+    return straight, attempt(None)
+
+
+@pytest.mark.parametrize("crash_step", [5, 8])  # inside epoch 1 (9 batches, windows of 2), and inside epoch 2
+def test_resume_with_loader_workers_is_bit_identical(tmp_path, crash_step):
+    """Workers' base seed was drawn when the iterator was created, a different epoch in a resumed process."""
+    straight, resumed = resume_with_workers(tmp_path, NoisyDataset, crash_step, num_workers=2)
+    assert_same_tensors(clone_state(straight), clone_state(resumed))
+
+
+def test_resume_with_a_users_shuffling_dataloader_and_workers_is_bit_identical(tmp_path):
+    loader = lambda: DataLoader(NoisyDataset(), batch_size=8, shuffle=True, num_workers=2)  # noqa: E731
+    straight, resumed = resume_with_workers(tmp_path, loader, 5)
+    assert_same_tensors(clone_state(straight), clone_state(resumed))
+    with pytest.raises(ValueError, match="persistent_workers=True: each worker's random state would carry over"):
+        job.make_learner().fit(
+            job.make_model(), DataLoader(NoisyDataset(), batch_size=8, num_workers=1, persistent_workers=True)
+        )
