@@ -221,8 +221,9 @@ def precision_section(config: Any) -> dict[str, Any]:
         []
         if "fp16" in config.precisions
         else [
-            "fp16 needs CUDA (Accelerate refuses it on the CPU): not run. The scaler checks ran under "
-            f"{scaler_precision}, which has no grad scaler: their figures say nothing about skipping."
+            "fp16 not run: on the CPU, Accelerate takes mixed_precision='fp16' but runs neither autocast nor "
+            f"a grad scaler (fp32, silently). The scaler checks ran under {scaler_precision}, which has no "
+            "grad scaler: their figures say nothing about skipping."
         ]
     )
     return {
@@ -554,7 +555,7 @@ class SaveAt(Callback):
         self.step, self.path = step, path
 
     def on_train_batch_end(self, batch: int, logs: Any) -> None:
-        if self.learner.global_step == self.step and self.learner.sync_gradients:
+        if self.learner.global_step == self.step and self.learner.step_taken:
             fitorch.save_checkpoint(self.learner, self.path)
 
 

@@ -270,7 +270,7 @@ class SaveAt(Callback):
         self.step, self.path = step, path
 
     def on_train_batch_end(self, batch: int, logs: Any) -> None:
-        if self.learner.global_step == self.step and self.learner.sync_gradients:
+        if self.learner.global_step == self.step and self.learner.step_taken:
             save_checkpoint(self.learner, self.path)
 
 

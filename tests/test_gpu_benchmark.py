@@ -59,3 +59,10 @@ def test_gpu_benchmark_without_cuda_and_without_dry_run_says_what_to_do(tmp_path
     assert done.returncode == 2
     assert "--dry-run" in done.stderr and "benchmarks/gpu.sh" in done.stderr
     assert not (tmp_path / "gpu.json").exists()
+
+
+def test_benchmark_results_end_with_the_gpu_section_a_gpu_run_wrote():
+    """`benchmarks/run.py` copies `benchmarks/gpu_results.md` (the report of a GPU run) into RESULTS.md."""
+    gpu = (ROOT / "benchmarks" / "gpu_results.md").read_text()
+    assert gpu.startswith("## GPU")
+    assert (ROOT / "benchmarks" / "RESULTS.md").read_text().endswith("\n\n" + gpu.strip() + "\n")
