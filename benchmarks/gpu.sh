@@ -68,9 +68,9 @@ fi
 cat "$OUT/setup.log"
 
 # The figures (about three minutes), then the GPU tests (about a minute); each bounded in time.
-timeout 420 "$PYTHON" benchmarks/gpu.py $DRY_RUN --output "$OUT/gpu.json" >"$OUT/gpu.log" 2>&1
+timeout 360 "$PYTHON" benchmarks/gpu.py $DRY_RUN --output "$OUT/gpu.json" >"$OUT/gpu.log" 2>&1
 bench=$?
-CUBLAS_WORKSPACE_CONFIG=:4096:8 timeout 240 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_gpu.py \
+CUBLAS_WORKSPACE_CONFIG=:4096:8 timeout 180 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_gpu.py \
     >"$OUT/tests.log" 2>&1
 tests=$?
 

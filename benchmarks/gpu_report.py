@@ -262,7 +262,8 @@ def _data_md(section: dict[str, Any]) -> list[str]:
                 runs[0]["non_blocking"],
             ]
         )
-    return lines + _table(["data path", "samples/s (median)", "syncs per step", "non_blocking"], rows)
+    lines += _table(["data path", "samples/s (median)", "syncs per step", "non_blocking"], rows)
+    return lines + [f"Note: {note}" for note in section["notes"]] + [""]
 
 
 def _memory_md(section: dict[str, Any]) -> list[str]:
