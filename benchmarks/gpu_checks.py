@@ -438,7 +438,7 @@ def data_section(config: Any) -> dict[str, Any]:
     data = host_tensors(workload, config.data_batches)
     modes = {"pinned, non-blocking (fitorch's default on CUDA)": True, "pageable, blocking (turned off)": False}
     runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
-    for repeat in range(1 if config.dry_run else 3):
+    for repeat in range(1 if config.dry_run else 4):
         for mode in sorted(modes, reverse=repeat % 2 == 1):  # alternate which goes first
             runs[mode].append(data_run(config, data, modes[mode], count_syncs=False))
     syncs = {mode: data_run(config, data, pinned, count_syncs=True) for mode, pinned in modes.items()}
