@@ -21,6 +21,7 @@ import torch
 from gpu_parts import (
     CONTENDERS,
     LR,
+    NullTerminal,
     PrecisionProbe,
     StepClock,
     SyncCounter,
@@ -221,9 +222,9 @@ def precision_section(config: Any) -> dict[str, Any]:
         []
         if "fp16" in config.precisions
         else [
-            "fp16 not run: on the CPU, Accelerate takes mixed_precision='fp16' but runs neither autocast nor "
-            f"a grad scaler (fp32, silently). The scaler checks ran under {scaler_precision}, which has no "
-            "grad scaler: their figures say nothing about skipping."
+            "fp16 not run: fitorch refuses mixed_precision='fp16' on the CPU (Accelerate would train in "
+            f"float32). The scaler checks ran under {scaler_precision}, which has no grad scaler: their "
+            "figures say nothing about skipping."
         ]
     )
     return {
@@ -331,7 +332,7 @@ def _fitorch_run(config: Any, precision: str, **learner_options: Any) -> Any:
         from gpu_parts import Ticks
 
         learner = _learner(config, precision, **learner_options)
-        extra = [ProgressBar(file=open(os.devnull, "w"), refresh_seconds=0.0)] if learner_options.get("verbose") else []
+        extra = [ProgressBar(file=NullTerminal(), refresh_seconds=0.0)] if learner_options.get("verbose") else []
         return learner.fit(model, loader, epochs=1, callbacks=[Ticks(tickers), *extra]).history["loss"][-1]
 
     return run
@@ -480,7 +481,7 @@ def memory_section(config: Any) -> dict[str, Any]:
     for verbose in (0, 1):
         release(config.device)
         probe = EpochMemory(config.device)
-        extra = [ProgressBar(file=open(os.devnull, "w"))] if verbose else []
+        extra = [ProgressBar(file=NullTerminal())] if verbose else []
         _learner(config, config.speed_precision, verbose=verbose).fit(
             workload.model(),
             (x, y),

@@ -19,6 +19,7 @@ The contenders train the same model on the same loader with the same optimizer (
 from __future__ import annotations
 
 import gc
+import io
 import time
 import warnings
 from collections import Counter
@@ -158,6 +159,20 @@ def host_tensors(workload: Workload, batches: int) -> tuple[torch.Tensor, torch.
     generator = torch.Generator().manual_seed(0)
     drawn = [workload.batch(generator) for _ in range(batches)]
     return torch.cat([inputs for inputs, _ in drawn]), torch.cat([targets for _, targets in drawn])
+
+
+class NullTerminal(io.TextIOBase):
+    """A stream that discards what it gets and says it is a terminal, so a progress bar draws as on a console.
+
+    To a stream that is not a terminal, fitorch's `ProgressBar` writes one line per epoch instead of
+    a bar; a benchmark of the bar needs the bar.
+    """
+
+    def isatty(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        return len(text)
 
 
 # ---------------------------------------------------------------------------- tickers

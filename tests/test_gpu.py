@@ -8,6 +8,7 @@ that a steady-state step never waits for the device, and that a resumed run is b
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from typing import Any
@@ -227,6 +228,16 @@ def test_steady_state_training_steps_make_no_host_sync(precision, grad_clip):
     assert syncs == [], f"{len(syncs)} host syncs in {window.last - window.first} steady-state steps: {syncs}"
 
 
+class Terminal(io.TextIOBase):
+    """Discards what it gets and says it is a terminal: the progress bar draws a bar, not one line per epoch."""
+
+    def isatty(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+
 def test_the_progress_bar_syncs_at_most_once_per_redraw(monkeypatch):
     from fitorch.callbacks import progress
 
@@ -239,7 +250,7 @@ def test_the_progress_bar_syncs_at_most_once_per_redraw(monkeypatch):
 
     monkeypatch.setattr(progress, "format_logs", counted)
     x, y = make_classification(n=16 * 24)
-    bar = ProgressBar(file=open(os.devnull, "w"), refresh_seconds=0.0)  # redraws at every batch
+    bar = ProgressBar(file=Terminal(), refresh_seconds=0.0)  # a bar (not lines), redrawn at every batch
     learner = Learner(loss="cross_entropy", metrics=["accuracy"], verbose=1)
     syncs = syncs_during(lambda: learner.fit(make_mlp(), (x, y), batch_size=16, callbacks=[window, bar]))
     in_window = sum(redraws)
