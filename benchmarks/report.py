@@ -267,8 +267,14 @@ def console_report(raw: Raw) -> str:
     return "\n\n".join(parts)
 
 
-def results_markdown(raw: Raw, meta: dict[str, Any], workload_notes: dict[str, str], analysis: str = "") -> str:
-    """The whole of `benchmarks/RESULTS.md`; `analysis` is the hand-written why of missed targets."""
+def results_markdown(
+    raw: Raw, meta: dict[str, Any], workload_notes: dict[str, str], analysis: str = "", gpu: str = ""
+) -> str:
+    """The whole of `benchmarks/RESULTS.md`; `analysis` is the hand-written why of missed targets.
+
+    `gpu` is the GPU section (`benchmarks/gpu_results.md`, the report of `benchmarks/gpu.py` run on a GPU
+    machine), kept as it is: this CPU run does not measure it.
+    """
     machine = "\n".join(f"- {key}: {value}" for key, value in meta["machine"].items())
     verdict_rows = [[v.target, v.measured, v.mark, v.cpu] for v in verdicts(raw)]
     sections = [
@@ -312,6 +318,7 @@ def results_markdown(raw: Raw, meta: dict[str, Any], workload_notes: dict[str, s
             + markdown_table(IMPORT_HEADER, import_rows(raw))
         )
     sections.append("## Columns\n\n" + COLUMNS)
+    sections.append(gpu.strip())
     return "\n\n".join(section for section in sections if section) + "\n"
 
 

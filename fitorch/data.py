@@ -108,13 +108,34 @@ def split_for_validation(dataset: Dataset, fraction: float) -> tuple[Dataset, Da
     return Subset(dataset, range(total - n_val)), Subset(dataset, range(total - n_val, total))
 
 
+def _tensor_dataset(dataset: Dataset) -> TensorDataset | None:
+    """The `TensorDataset` behind `dataset` (itself, or the one a validation split holds), else None."""
+    if isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return dataset if isinstance(dataset, TensorDataset) else None
+
+
 def default_num_workers(dataset: Dataset) -> int:
     """Workers for a loader fitorch builds: none for in-memory tensors, a few otherwise."""
-    if isinstance(dataset, TensorDataset) or (
-        isinstance(dataset, Subset) and isinstance(dataset.dataset, TensorDataset)
-    ):
+    if _tensor_dataset(dataset) is not None:
         return 0  # indexing tensors is faster than any worker round trip
     return min(4, max(0, (os.cpu_count() or 1) - 1))
+
+
+def pins_memory(device: torch.device) -> bool:
+    """Whether batches bound for `device` come from pinned memory, copied without blocking: on CUDA only.
+
+    A copy from pinned host memory runs while the GPU computes and needs no host sync per step. The
+    learner asks Accelerate for non-blocking copies on CUDA for every loader; from ordinary (pageable)
+    memory such a copy is still correct, since CUDA stages it before the call returns.
+    """
+    return device.type == "cuda"
+
+
+def _on_host(dataset: Dataset) -> bool:
+    """False for tensors that already live on a device, which cannot be pinned; True for any other dataset."""
+    tensors = _tensor_dataset(dataset)
+    return tensors is None or all(tensor.device.type == "cpu" for tensor in tensors.tensors)
 
 
 def make_loader(data: DataLike, name: str, options: LoaderOptions, *, train: bool) -> DataLoader:
@@ -145,7 +166,7 @@ def make_loader(data: DataLike, name: str, options: LoaderOptions, *, train: boo
         shuffle=shuffle and not iterable,
         num_workers=workers,
         persistent_workers=False,  # workers restart each epoch, seeded from (seed, epoch): exact resume
-        pin_memory=options.pin_memory,
+        pin_memory=options.pin_memory and _on_host(dataset),
         generator=options.generator,
     )
 

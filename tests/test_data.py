@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, TensorDataset
 
 from conftest import make_classification, make_mlp
 from fitorch import Learner
@@ -187,3 +187,25 @@ def test_bad_fit_input_fails_clearly_before_any_training(data, call, message):
     assert message in str(error.value)
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), "no optimizer step may happen before the error"
+
+
+def test_batches_bound_for_cuda_are_pinned_and_copied_without_blocking_elsewhere_not():
+    from fitorch.data import pins_memory
+
+    assert pins_memory(torch.device("cuda", 0))
+    assert not any(pins_memory(torch.device(kind)) for kind in ("cpu", "mps", "meta"))
+
+
+def test_a_loader_fitorch_builds_pins_tensors_on_the_cpu_but_not_tensors_already_on_a_device():
+    from fitorch.data import LoaderOptions, make_loader
+
+    pinned = LoaderOptions(pin_memory=True)
+    host = (torch.zeros(8, 2), torch.zeros(8))
+    assert make_loader(host, "data", pinned, train=True).pin_memory
+    assert make_loader(Subset(TensorDataset(*host), range(4)), "data", pinned, train=False).pin_memory
+    # Tensors already on a device (CUDA in practice; "meta" stands in here) cannot be pinned:
+    # DataLoader's pinning would raise on the first batch.
+    device = (torch.zeros(8, 2, device="meta"), torch.zeros(8, device="meta"))
+    assert not make_loader(device, "data", pinned, train=True).pin_memory
+    assert not make_loader(Subset(TensorDataset(*device), range(4)), "data", pinned, train=False).pin_memory
+    assert not make_loader(host, "data", LoaderOptions(pin_memory=False), train=True).pin_memory

@@ -633,3 +633,18 @@ def test_resume_auto_moves_an_attempt_without_checkpoints_aside(tmp_path, data):
     attempts = sorted(tmp_path.glob("attempt-*"))
     assert len(attempts) == 1 and (attempts[0] / "train.log").exists()
     assert (tmp_path / "metrics.csv").read_text().count("\n") == 2  # header and the new run's one epoch
+
+
+def test_the_accelerator_copies_batches_without_blocking_on_cuda_only(monkeypatch, data):
+    """On CUDA, batches go from pinned memory to the GPU while it computes (no host sync per step).
+
+    No GPU here: the accelerator's device is made to read "cuda", the one input of the decision;
+    tests/test_gpu.py checks the real copies on a GPU.
+    """
+    from accelerate import Accelerator
+
+    learner = Learner(loss="cross_entropy", verbose=0)
+    learner.fit(make_mlp(), data, epochs=1)
+    assert learner.accelerator.dataloader_config.non_blocking is False  # the CPU: nothing to overlap
+    monkeypatch.setattr(Accelerator, "device", property(lambda self: torch.device("cuda", 0)))
+    assert learner._make_accelerator().dataloader_config.non_blocking is True
