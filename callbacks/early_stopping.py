@@ -40,6 +40,8 @@ class EarlyStopping(Callback):
         baseline: a value the monitored quantity must beat; until it does, `wait` keeps growing.
         restore_best_weights: at the end of `fit`, load the weights of the best epoch into the model.
         start_from_epoch: epochs (0-based index) to let pass before watching, e.g. during warm-up.
+        stay_stopped: when a fit resumes a checkpoint of a run this callback stopped (to more epochs,
+            say), keep it stopped: no epoch trains. False trains on, with the patience counted afresh.
 
     Raises:
         ValueError: a negative `patience` or `start_from_epoch`, a negative `min_delta`, an unknown
@@ -60,6 +62,7 @@ class EarlyStopping(Callback):
         baseline: float | None = None,
         restore_best_weights: bool = False,
         start_from_epoch: int = 0,
+        stay_stopped: bool = True,
     ) -> None:
         owner = "EarlyStopping"
         check_int(patience, "patience", minimum=0, owner=owner)
@@ -80,6 +83,7 @@ class EarlyStopping(Callback):
         )
         self.patience, self.start_from_epoch = patience, start_from_epoch
         self.restore_best_weights = check_bool(restore_best_weights, "restore_best_weights", owner=owner)
+        self.stay_stopped = check_bool(stay_stopped, "stay_stopped", owner=owner)
         self.best_weights: dict[str, torch.Tensor] | None = None
         self.best_weights_epoch: int | None = None
         self._resumed = False
@@ -98,16 +102,26 @@ class EarlyStopping(Callback):
     def on_train_begin(self, logs: dict[str, Any]) -> None:
         if not self._resumed:  # a fresh fit starts afresh; a resumed one keeps the loaded counters
             self._reset()
+        elif self.stopped_epoch > 0 and self.stay_stopped:
+            # The run this checkpoint belongs to was stopped: resuming it (to more epochs) must not train on.
+            logger.info(
+                "EarlyStopping: this run stopped after epoch %d; it stays stopped (stay_stopped=False trains on).",
+                self.stopped_epoch + 1,
+            )
+            self.learner.stop_training = True
+        elif self.stopped_epoch > 0:  # asked to train on: the patience counts afresh from here
+            self.wait, self.stopped_epoch = 0, 0
         self._resumed = False
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
-        current = self.monitored.value(logs)  # raises, listing the available keys, when it is missing
+        # Every process decides on the main process's value, so all keep the same weights and stop together.
+        current = self.learner.broadcast(self.monitored.value(logs))  # raises, listing the keys, when missing
         if epoch < self.start_from_epoch:
             return
         if self.restore_best_weights and self.best_weights is None:
             self._keep_weights(epoch)  # until something improves, the first watched weights are the best
         self.wait += 1
-        if self.monitored.update(logs):
+        if self.monitored.observe(current):
             self.best_epoch = epoch
             if self.restore_best_weights:
                 self._keep_weights(epoch)

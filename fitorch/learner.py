@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, is_initialized
-from accelerate.utils import DistributedType, GradientAccumulationPlugin, gather_object
+from accelerate.utils import DistributedType, GradientAccumulationPlugin, broadcast, gather_object
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -637,10 +637,11 @@ class Learner:
         callbacks = self.active_callbacks
         try:
             callbacks.fire("on_train_begin", self.logs)
+            self.stop_training = self._any_process(self._stop_requested())  # a resumed run that had stopped
             for epoch in range(self.epoch, self.epochs):
-                self._run_epoch(epoch, train_loader, val_loader)
                 if self.stop_training:
                     break
+                self._run_epoch(epoch, train_loader, val_loader)
         except BaseException as exception:
             self.exception = exception
             callbacks.fire_exception(exception)
@@ -845,6 +846,21 @@ class Learner:
         if self.accelerator.num_processes == 1:
             return {}
         return {"reduce": lambda tensor: self.accelerator.reduce(tensor, "sum"), "device": self.accelerator.device}
+
+    def broadcast(self, value: float) -> float:
+        """The main process's `value`, on every process: for decisions every process must take alike.
+
+        A callback that decides from a value (stop, keep the best weights, lower the rate) decides on
+        the main process's value, so that no two processes end with different weights. Under several
+        processes this is a collective call: every process must make it at the same point.
+
+        Example:
+            >>> value = self.learner.broadcast(logs["val_loss"])  # doctest: +SKIP
+        """
+        if self.accelerator is None or self.accelerator.num_processes == 1:
+            return value
+        tensor = torch.tensor([float(value)], dtype=torch.float64, device=self.accelerator.device)
+        return float(broadcast(tensor, from_process=0).item())
 
     def _any_process(self, flag: bool) -> bool:
         """Whether any process asks for `flag`; all processes must call this at the same point."""

@@ -95,7 +95,10 @@ class Monitor:
 
     def update(self, logs: Mapping[str, Any]) -> bool:
         """Read the value from `logs`; remember it and return True when it is an improvement."""
-        value = self.value(logs)
+        return self.observe(self.value(logs))
+
+    def observe(self, value: float) -> bool:
+        """Remember `value` and return True when it is an improvement (for a value agreed across processes)."""
         if self.is_improvement(value):
             self.best = value
             return True

@@ -60,6 +60,14 @@ def test_mixed_precision_holds_in_every_call_under_two_processes(tmp_path):
         assert "_is_accelerate_prepared" not in rank["attributes"] and "forward" not in rank["attributes"]
 
 
+def test_ranks_with_different_monitored_values_take_one_decision_and_keep_the_same_weights(tmp_path):
+    """With per-rank values, rank 0 used to restore epoch 1's weights and rank 1 epoch 2's."""
+    check(torchrun("agree", tmp_path))
+    rank0, rank1 = results(tmp_path)
+    assert rank0 == rank1
+    assert rank0["best_epoch"] == 1 and rank0["epochs"] == [0, 1, 2, 3]  # the main process's values decide
+
+
 def test_a_stop_asked_on_one_rank_stops_both_at_the_same_point(tmp_path):
     started = time.monotonic()
     check(torchrun("stop", tmp_path))

@@ -160,3 +160,28 @@ def test_resumes_counters_and_best_weights_from_a_fitorch_checkpoint(tmp_path, c
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, weights.by_epoch[1][key], rtol=0, atol=0)
     assert "restored the weights of the best epoch, 1" in caplog.text
+
+
+@pytest.mark.parametrize("stay_stopped", [True, False])
+def test_a_stopped_run_stays_stopped_when_resumed_to_more_epochs(tmp_path, stay_stopped):
+    """A run that early stopping ended used to train on when resumed to a larger epochs."""
+    values = [1.0, 0.9, 0.95, 0.96, 0.8, 0.7, 0.6, 0.5]
+    stopper = EarlyStopping(monitor="val_metric", patience=1, stay_stopped=stay_stopped)
+    history, learner = run(stopper, "val_metric", values, epochs=5)
+    assert stopper.stopped_epoch == 2 and history.epoch == [0, 1, 2]
+    save_checkpoint(learner, tmp_path / "end")
+
+    again = EarlyStopping(monitor="val_metric", patience=1, stay_stopped=stay_stopped)
+    x, y = make_classification(n=32)
+    resumed = learner.fit(
+        learner.model,
+        (x, y),
+        epochs=8,
+        batch_size=32,
+        resume=tmp_path / "end",
+        callbacks=[Script("val_metric", values), again],
+    )
+    if stay_stopped:
+        assert resumed.epoch == [0, 1, 2] and again.stopped_epoch == 2  # nothing trained
+    else:
+        assert resumed.epoch == [0, 1, 2, 3] and again.stopped_epoch == 3  # trained on: patience counted afresh

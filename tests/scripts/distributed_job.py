@@ -149,7 +149,34 @@ def precision(out):
     return {"autocast": seen, "attributes": sorted(vars(model))}
 
 
+class RankScript(Callback):
+    """Per-process monitored values (a metric computed on each rank's own shard, say): rank r reads values[r]."""
+
+    def __init__(self, values):
+        self.values = values
+
+    def on_epoch_end(self, epoch, logs):
+        logs["val_rank_metric"] = self.values[self.learner.accelerator.process_index][epoch]
+
+
+def agree(out):
+    """Decisions that change weights or stop training are taken once and agreed by all ranks."""
+    x, y = make_classification(n=64)
+    values = [[1.0, 0.5, 0.9, 0.9, 0.9, 0.9], [1.0, 0.9, 0.4, 0.9, 0.9, 0.9]]  # best: epoch 1 on rank 0, 2 on rank 1
+    stopper = EarlyStopping(monitor="val_rank_metric", patience=2, restore_best_weights=True)
+    model = make_mlp()
+    history = Learner(loss="cross_entropy", lr=0.05, verbose=0).fit(
+        model, (x, y), epochs=6, batch_size=8, callbacks=[RankScript(values), stopper]
+    )
+    return {
+        "epochs": history.epoch,
+        "best_epoch": stopper.best_epoch,
+        "weights": [round(float(v), 7) for v in torch.cat([p.detach().flatten() for p in model.parameters()])[:20]],
+    }
+
+
 SCENARIOS = {
+    "agree": agree,
     "precision": precision,
     "numbers": numbers,
     "stop": stop,
