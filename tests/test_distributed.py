@@ -68,6 +68,16 @@ def test_ranks_with_different_monitored_values_take_one_decision_and_keep_the_sa
     assert rank0["best_epoch"] == 1 and rank0["epochs"] == [0, 1, 2, 3]  # the main process's values decide
 
 
+def test_another_process_count_resumes_at_an_epoch_end_and_refuses_inside_an_epoch(tmp_path):
+    """A one-process checkpoint at batch 3 of an epoch, resumed by two processes, used to skip the rest of it."""
+    check(single("cross_save", tmp_path))
+    check(torchrun("cross_resume", tmp_path))
+    for rank in results(tmp_path):
+        assert "saved inside an epoch by 1 process(es); resuming it with 2" in rank["refused"]
+        assert rank["epochs"] == [0, 1, 2] and rank["global_step"] == 8 + 2 * 4  # then 4 steps of 2x8 an epoch
+    assert results(tmp_path)[0] == results(tmp_path)[1]
+
+
 def test_a_stop_asked_on_one_rank_stops_both_at_the_same_point(tmp_path):
     started = time.monotonic()
     check(torchrun("stop", tmp_path))

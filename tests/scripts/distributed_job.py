@@ -175,7 +175,43 @@ def agree(out):
     }
 
 
+class CrashAtStep(Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_end(self, batch, logs):
+        if self.learner.global_step == self.step:
+            raise KeyboardInterrupt("simulated crash")
+
+
+def cross_save(out):
+    """One process: an epoch-end checkpoint, and a backup inside an epoch (8 batches an epoch)."""
+    x, y = make_classification(n=64)
+    learner = Learner(loss="cross_entropy", seed=5, verbose=0)
+    callbacks = [ModelCheckpoint(out / "epoch{epoch}"), BackupAndRestore(out / "mid", save_freq=3), CrashAtStep(11)]
+    try:
+        learner.fit(make_mlp(), (x, y), epochs=3, batch_size=8, callbacks=callbacks)
+    except KeyboardInterrupt:
+        pass
+    return {}
+
+
+def cross_resume(out):
+    """Two processes resume what one saved: inside an epoch refused, at an epoch end continued."""
+    x, y = make_classification(n=64)
+    learner = Learner(loss="cross_entropy", seed=5, verbose=0)
+    try:
+        learner.fit(make_mlp(), (x, y), epochs=3, batch_size=8, resume=out / "mid")
+        refused = ""
+    except ValueError as error:
+        refused = str(error)
+    history = learner.fit(make_mlp(), (x, y), epochs=3, batch_size=8, resume=out / "epoch1")
+    return {"refused": refused, "epochs": history.epoch, "global_step": learner.global_step}
+
+
 SCENARIOS = {
+    "cross_save": cross_save,
+    "cross_resume": cross_resume,
     "agree": agree,
     "precision": precision,
     "numbers": numbers,
