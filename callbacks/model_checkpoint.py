@@ -114,6 +114,12 @@ class ModelCheckpoint(Callback):
             self.monitored.best = None
             self.saved = []
 
+    def on_train_end(self, logs: dict[str, Any]) -> None:
+        if self.save_last and self.learner.preempted is not None and self.learner.exception is None:
+            # Stopped by SIGTERM/SIGUSR1 at a step boundary: `last` is where fit(resume="auto") continues.
+            folder = os.path.dirname((self.filepath or self._default_filepath()).split("{", 1)[0])
+            save_checkpoint(self.learner, os.path.join(folder, "last"), weights_only=self.save_weights_only)
+
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
         if self.save_every.epoch_due(epoch):
             self._save_point(logs, {"epoch": epoch + 1})

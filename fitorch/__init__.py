@@ -10,7 +10,14 @@ callbacks); built-in callbacks live in `fitorch.callbacks`.
 """
 
 from fitorch.callback import EVENTS, Callback, CallbackList, Every
-from fitorch.checkpoint import delete_checkpoint, latest_checkpoint, load_checkpoint, load_weights, save_checkpoint
+from fitorch.checkpoint import (
+    delete_checkpoint,
+    latest_checkpoint,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+    verify_checkpoint,
+)
 from fitorch.learner import Learner
 from fitorch.losses import LOSSES
 from fitorch.metrics import (
@@ -25,6 +32,7 @@ from fitorch.metrics import (
 )
 from fitorch.monitor import Monitor
 from fitorch.optimizers import OPTIMIZERS
+from fitorch.preemption import Preempted
 from fitorch.seed import seed_everything
 from fitorch.summary import Summary, summary
 from fitorch.version import __version__ as __version__
@@ -33,6 +41,7 @@ __all__ = [
     "EVENTS",
     "LOSSES",
     "OPTIMIZERS",
+    "Preempted",
     "Accuracy",
     "BatchMean",
     "Callback",
@@ -54,4 +63,5 @@ __all__ = [
     "Summary",
     "seed_everything",
     "summary",
+    "verify_checkpoint",
 ]

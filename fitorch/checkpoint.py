@@ -212,6 +212,26 @@ def latest_checkpoint(directory: str | os.PathLike) -> str | None:
     return max(dated)[1] if dated else None
 
 
+def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read every file of the checkpoint at `path` and check it (sizes, checksums, JSON); change nothing.
+
+    Args:
+        path: a checkpoint directory written by `save_checkpoint`.
+
+    Returns:
+        The checkpoint's metadata, as `load_checkpoint` returns it.
+
+    Raises:
+        FileNotFoundError: nothing at `path`.
+        ValueError: not a checkpoint, or a file of it is missing, truncated or damaged.
+
+    Example:
+        >>> verify_checkpoint("runs/exp1/checkpoints/last")["loop"]["epoch"]  # doctest: +SKIP
+        10
+    """
+    return _read(path, training_state=not storage.read_metadata(storage.resolve(path)).get("weights_only")).metadata
+
+
 def delete_checkpoint(path: str | os.PathLike) -> bool:
     """Delete the checkpoint directory `path` (and any copy of it left aside by an interrupted save).
 

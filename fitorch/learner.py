@@ -16,6 +16,7 @@ import gc
 import itertools
 import logging
 import os
+import signal
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import nullcontext
@@ -47,6 +48,7 @@ from fitorch.data import (
 from fitorch.losses import check_targets, loss_from_outputs, model_predictions, resolve_loss
 from fitorch.metrics import RunningLogs, Tracker, resolve_metrics
 from fitorch.optimizers import OptimizerSpec, build_optimizers, check_optimizer
+from fitorch.preemption import Preempted, PreemptionWatch
 from fitorch.seed import seed_everything
 from fitorch.state import GradientWindow, LoopState
 
@@ -110,6 +112,9 @@ class Learner:
         exception: the error that is ending `fit`, as `on_train_end` sees it; None on success. After a
             failure other processes may never reach a collective call: skip any in `on_train_end`.
         step_taken: whether the current training batch ended with a real optimizer step.
+        resumed: whether this fit restored a checkpoint when it started.
+        preempted: the signal (SIGTERM, SIGUSR1) that is ending the fit, as `on_train_end` sees it;
+            None otherwise. Checkpoint writers save when it is set (docs/checkpoints.md, Preemption).
         active_callbacks: the `CallbackList` of the running (or last) call, in the order the hooks run.
         state: the loop's position (`fitorch.state.LoopState`); `epoch`, `global_step` and `batch` read it.
         window: the gradient accumulation window (`fitorch.state.GradientWindow`) of the running call.
@@ -188,6 +193,8 @@ class Learner:
         self.fitting = False
         self.exception: BaseException | None = None
         self.resumed = False
+        self.preempted: int | None = None
+        self._preemption = PreemptionWatch()
         self._train_tracker = Tracker(self.metrics)
         self._test_tracker = Tracker(copy.deepcopy(self.metrics))
         self._raw_optimizers: list[torch.optim.Optimizer] = []  # kept across fits of the same model
@@ -314,7 +321,8 @@ class Learner:
         self._call_loaders = [train_loader, val_loader]
         self.state.start_fit(epochs, initial_epoch, shuffle_seed)
         self.num_batches = _length(train_loader)  # a resume checks its batch against it
-        self.stop_training, self.exception, self.resumed = False, None, False
+        self.stop_training, self.exception, self.resumed, self.preempted = False, None, False, None
+        self._preemption.install()
         vars(model).pop("stop_training", None)  # Keras's flag belongs to the fit that sets it
         try:
             self._resume(resume)  # `resume`, or a backup a callback offers (BackupAndRestore)
@@ -323,6 +331,17 @@ class Learner:
             raise
         self.fitting = True
         self._fit_loop(train_loader, val_loader)
+        if self.preempted is not None:
+            logger.warning(
+                "fit: preempted by %s at epoch %d, batch %d (global step %d); the checkpoint writers saved. "
+                "Exiting with code %d; the same command resumes.",
+                signal.Signals(self.preempted).name,
+                self.epoch + 1,
+                self.state.batches_done,
+                self.global_step,
+                128 + self.preempted,
+            )
+            raise Preempted(self.preempted)
         return self.history
 
     def _own_the_shuffle(self, loader: DataLoader, name: str) -> None:
@@ -637,7 +656,7 @@ class Learner:
         callbacks = self.active_callbacks
         try:
             callbacks.fire("on_train_begin", self.logs)
-            self.stop_training = self._any_process(self._stop_requested())  # a resumed run that had stopped
+            self._agree_to_stop()  # a resumed run that had stopped, or a signal already
             for epoch in range(self.epoch, self.epochs):
                 if self.stop_training:
                     break
@@ -662,12 +681,14 @@ class Learner:
         self.logs, self.num_batches = {}, _length(train_loader)
         self.active_callbacks.fire("on_epoch_begin", self.epoch, self.logs)
         logs = self._train_epoch(train_loader)
+        if self.preempted is not None:
+            return  # stop inside the epoch: its checkpoint resumes with the next batch, validation to come
         if val_loader is not None:
             logs.update({f"val_{key}": value for key, value in self._evaluate_loader(val_loader).items()})
         logs.update(self.learning_rates())
         self.logs, self.state.epoch_complete = logs, True
         self.active_callbacks.fire("on_epoch_end", self.epoch, logs)
-        self.stop_training = self._any_process(self._stop_requested())
+        self._agree_to_stop()
 
     def _train_epoch(self, loader: DataLoader) -> dict[str, float]:
         callbacks, tracker, state = self.active_callbacks, self._train_tracker, self.state
@@ -698,8 +719,7 @@ class Learner:
             running_logs.settle_kept()
             self._track(tracker, self.loss, self.outputs, targets)
             callbacks.fire("on_train_batch_end", index, running_logs())
-            if self._any_process(self._stop_requested()):
-                self.stop_training = True
+            if self._agree_to_stop():
                 break
         running_logs.settle_kept()
         return tracker.results(**self._reduce_options())
@@ -862,12 +882,18 @@ class Learner:
         tensor = torch.tensor([float(value)], dtype=torch.float64, device=self.accelerator.device)
         return float(broadcast(tensor, from_process=0).item())
 
-    def _any_process(self, flag: bool) -> bool:
-        """Whether any process asks for `flag`; all processes must call this at the same point."""
-        if self.accelerator.num_processes == 1:
-            return flag
-        votes = torch.tensor([1.0 if flag else 0.0], device=self.accelerator.device)
-        return bool(self.accelerator.reduce(votes, "sum").item() > 0)
+    def _agree_to_stop(self) -> bool:
+        """Whether any process asks to stop (or was sent a preemption signal); sets `stop_training` and
+        `preempted` alike on every process. All processes must call this at the same point."""
+        preempt = self._preemption.signal is not None and self.sync_gradients  # only between optimizer steps
+        stop = self._stop_requested() or preempt
+        if self.accelerator.num_processes > 1:
+            votes = torch.tensor([float(stop), float(preempt)], device=self.accelerator.device)
+            stop, preempt = (count > 0 for count in self.accelerator.reduce(votes, "sum").tolist())
+        if preempt:
+            self.preempted = self._preemption.signal or signal.SIGTERM
+        self.stop_training = stop
+        return stop
 
     # ------------------------------------------------------------------ set-up
 
@@ -994,6 +1020,7 @@ class Learner:
             )
 
     def _end_call(self) -> None:
+        self._preemption.restore()
         for handle in self._step_hooks:
             handle.remove()
         self._step_hooks = []

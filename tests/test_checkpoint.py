@@ -12,6 +12,7 @@ import os
 import pickle
 import random
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -580,9 +581,9 @@ class NoisyDataset(torch.utils.data.Dataset):
 def resume_with_workers(tmp_path, data_for, crash_step, **learner_options):
     """A fit straight through, and one crashed at `crash_step` and started again; returns both models."""
 
-    def attempt(crash):
+    def attempt(crash, backup):
         model, data = job.make_model(), data_for()
-        callbacks = [BackupAndRestore(tmp_path / "backup", save_freq=2)] + ([StopAtStep(crash)] if crash else [])
+        callbacks = [BackupAndRestore(tmp_path / backup, save_freq=2)] + ([StopAtStep(crash)] if crash else [])
         learner = job.make_learner(**learner_options)
         options = {} if isinstance(data, DataLoader) else {"batch_size": job.BATCH_SIZE}
         try:
@@ -591,10 +592,9 @@ def resume_with_workers(tmp_path, data_for, crash_step, **learner_options):
             return None
         return model
 
-    straight = attempt(None)
-    shutil.rmtree(tmp_path / "backup", ignore_errors=True)
-    assert attempt(crash_step) is None
-    return straight, attempt(None)
+    straight = attempt(None, "straight")
+    assert attempt(crash_step, "backup") is None
+    return straight, attempt(None, "backup")
 
 
 @pytest.mark.parametrize("crash_step", [5, 8])  # inside epoch 1 (9 batches, windows of 2), and inside epoch 2
@@ -612,3 +612,39 @@ def test_resume_with_a_users_shuffling_dataloader_and_workers_is_bit_identical(t
         job.make_learner().fit(
             job.make_model(), DataLoader(NoisyDataset(), batch_size=8, num_workers=1, persistent_workers=True)
         )
+
+
+# ---------------------------------------------------------------------------- preemption
+
+
+def run_preempt(*arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "preempt", *arguments], capture_output=True, text=True, timeout=240
+    )
+
+
+@pytest.mark.parametrize(("step", "signal_name"), [("7", "SIGTERM"), ("12", "SIGUSR1")])
+def test_a_preemption_signal_saves_at_the_step_exits_with_its_code_and_the_same_command_resumes(
+    tmp_path, step, signal_name
+):
+    """SIGTERM used to kill the fit at once, with nothing saved since the last backup."""
+    straight = run_preempt(str(tmp_path / "straight"))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    preempted = run_preempt(str(tmp_path / "run"), step, signal_name)
+    assert preempted.returncode == 128 + getattr(signal, signal_name), preempted.stderr[-3000:]
+    assert f"preempted by {signal_name}" in preempted.stderr
+    backup = json.loads((tmp_path / "run" / "backup" / "checkpoint.json").read_text())
+    assert backup["loop"]["global_step"] == int(step)  # the step that was running when the signal came
+    resumed = run_preempt(str(tmp_path / "run"))  # the same command as the first start
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_tensors(
+        load_file(tmp_path / "straight" / "final.safetensors"), load_file(tmp_path / "run" / "final.safetensors")
+    )
+    history = [json.loads((tmp_path / name / "final.json").read_text())["history"] for name in ("straight", "run")]
+    assert history[0] == history[1]
+
+
+def test_preemption_handlers_are_put_back_after_fit():
+    previous = signal.getsignal(signal.SIGTERM)
+    job.fit(job.make_learner(), job.make_model(), 1)
+    assert signal.getsignal(signal.SIGTERM) is previous

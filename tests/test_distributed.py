@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import random
+import signal
 import subprocess
 import sys
 import time
@@ -76,6 +78,33 @@ def test_another_process_count_resumes_at_an_epoch_end_and_refuses_inside_an_epo
         assert "saved inside an epoch by 1 process(es); resuming it with 2" in rank["refused"]
         assert rank["epochs"] == [0, 1, 2] and rank["global_step"] == 8 + 2 * 4  # then 4 steps of 2x8 an epoch
     assert results(tmp_path)[0] == results(tmp_path)[1]
+
+
+def test_a_sigterm_storm_on_the_launcher_ends_each_run_in_a_backup_and_the_runs_add_up_exactly(tmp_path):
+    """SIGTERM (Slurm, Kubernetes, spot instances) used to kill the fit at once, losing the work since the backup."""
+    check(torchrun("preempt", tmp_path / "straight"))
+    run, generator = tmp_path / "run", random.Random(1)
+    run.mkdir()
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    steps = []
+    for _ in range(2):
+        (run / "heartbeat").unlink(missing_ok=True)
+        launcher = subprocess.Popen(
+            [*command, str(SCRIPT), "preempt", str(run)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        deadline = time.monotonic() + TIMEOUT
+        while not (run / "heartbeat").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(generator.uniform(0.1, 0.5))
+        launcher.send_signal(signal.SIGTERM)
+        output = launcher.communicate(timeout=TIMEOUT)[0]
+        assert launcher.returncode != 0 and "preempted by SIGTERM" in output, output[-3000:]
+        steps.append(json.loads((run / "backup" / "checkpoint.json").read_text())["loop"]["global_step"])
+    check(torchrun("preempt", run))
+    assert steps[0] > 0 and steps[1] > steps[0]  # each run went further than the last
+    straight, resumed = load_file(tmp_path / "straight" / "final.safetensors"), load_file(run / "final.safetensors")
+    assert all(torch.equal(straight[key], resumed[key]) for key in straight)
+    assert results(tmp_path / "straight") == results(run)
 
 
 def test_a_stop_asked_on_one_rank_stops_both_at_the_same_point(tmp_path):

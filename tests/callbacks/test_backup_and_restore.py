@@ -86,7 +86,7 @@ def test_the_same_fit_started_again_continues_exactly(tmp_path, straight, crash,
     # the epoch resumed in its middle reports its loss over all of its batches, not only the later ones
     assert resumed.history.history["loss"] == pytest.approx(straight.history.history["loss"], rel=1e-12)
     assert resumed.history.epoch == [0, 1, 2, 3]
-    assert not backup.exists() and os.listdir(tmp_path) == []  # deleted once the fit completed
+    assert not backup.exists() and os.listdir(tmp_path) == ["backup.completed"]  # deleted, the completion recorded
 
 
 def test_delete_checkpoint_false_keeps_the_final_backup(tmp_path):
@@ -129,3 +129,35 @@ def test_a_backup_dir_holding_other_checkpoints_is_refused(tmp_path):
 def test_bad_arguments_fail_at_construction(options, error, match):
     with pytest.raises(error, match=match):
         BackupAndRestore(**options)
+
+
+def test_a_completed_fit_started_again_does_not_train_from_scratch(tmp_path, straight):
+    """The backup was deleted at the end; a kill after that, and the same command trained again from epoch 0."""
+    finished = fit([BackupAndRestore(tmp_path / "backup")])
+    assert os.listdir(tmp_path) == ["backup.completed"]
+    with pytest.raises(ValueError, match=r"already completed .*backup.completed.*delete .*backup.completed"):
+        fit([BackupAndRestore(tmp_path / "backup")])
+
+    run = tmp_path / "run"
+    fit([BackupAndRestore()], run_dir=run)  # the default ModelCheckpoint keeps checkpoints/last
+    first_epoch = FirstEpoch()
+    again = fit([first_epoch, BackupAndRestore()], run_dir=run, model_seed=1)
+    assert first_epoch.epoch == 4 and again.global_step == finished.global_step  # resumed at the end: nothing trained
+    assert same(weights(again), weights(straight))
+
+
+def test_double_checkpoint_falls_back_to_the_previous_backup_when_the_newest_is_damaged(tmp_path, straight):
+    backup = tmp_path / "backup"
+    with pytest.raises(Crash):
+        fit([CrashAt(epoch=3), BackupAndRestore(backup, double_checkpoint=True)])
+    assert sorted(os.listdir(tmp_path)) == ["backup", "backup.previous"]
+    assert json.loads((tmp_path / "backup.previous" / "checkpoint.json").read_text())["loop"]["epoch"] == 2
+    weights_file = backup / "model.safetensors"
+    damaged = bytearray(weights_file.read_bytes())
+    damaged[-3] ^= 0xFF
+    weights_file.write_bytes(bytes(damaged))
+    first_epoch = FirstEpoch()
+    resumed = fit([first_epoch, BackupAndRestore(backup, double_checkpoint=True)], model_seed=1)
+    assert first_epoch.epoch == 2  # from the previous backup, exactly
+    assert same(weights(straight), weights(resumed))
+    assert os.listdir(tmp_path) == ["backup.completed"]

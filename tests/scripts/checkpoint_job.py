@@ -211,6 +211,30 @@ def crash(workdir: str, kills: int, seed: int) -> None:
     (work / "summary.json").write_text(json.dumps(summary))
 
 
+# ---------------------------------------------------------------------------- preemption
+
+
+class SignalAt(Callback):
+    """Sends this process a real signal after the optimizer step `step` (a scheduler preempting the job)."""
+
+    def __init__(self, step: int, signum: int) -> None:
+        self.step, self.signum = step, signum
+
+    def on_train_batch_end(self, batch, logs):
+        if self.learner.global_step == self.step and self.learner.sync_gradients:
+            os.kill(os.getpid(), self.signum)
+
+
+def preempt(out: str, step: str = "0", signal_name: str = "SIGTERM") -> None:
+    """The same command each time: a backup every epoch; `step` > 0 sends `signal_name` after that step."""
+    callbacks = [BackupAndRestore(str(Path(out) / "backup"))]
+    if int(step):
+        callbacks.append(SignalAt(int(step), getattr(signal, signal_name)))
+    learner = make_learner()
+    fit(learner, make_model(), 4, callbacks=callbacks)
+    write_final(learner, out)
+
+
 if __name__ == "__main__":
     command, *arguments = sys.argv[1:]
     if command == "resume":
@@ -221,5 +245,8 @@ if __name__ == "__main__":
         torch.set_num_threads(1)  # before any work, so that forked children inherit no thread pool
         torch.optim.AdamW(make_model().parameters())  # imports torch._dynamo once, not in every child
         crash(arguments[0], int(arguments[1]), int(arguments[2]))
+    elif command == "preempt":
+        torch.set_num_threads(1)
+        preempt(*arguments)
     else:
         raise SystemExit(f"unknown command {command!r}")

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -209,7 +210,32 @@ def cross_resume(out):
     return {"refused": refused, "epochs": history.epoch, "global_step": learner.global_step}
 
 
+class Heartbeat(Callback):
+    """Rank 0 writes its global step to a file after every batch (slowed a little, so signals land mid-run)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def on_train_batch_end(self, batch, logs):
+        time.sleep(0.01)
+        if self.learner.accelerator.process_index == 0:
+            self.path.write_text(str(self.learner.global_step))
+
+
+def preempt(out):
+    """The same command each time: SIGTERM on the launcher ends it with a backup; the next start resumes."""
+    x, y = make_classification(n=96)
+    callbacks = [Heartbeat(out / "heartbeat"), BackupAndRestore(out / "backup")]
+    learner = Learner(loss="cross_entropy", seed=3, grad_accum_steps=2, verbose=0, callbacks=callbacks)
+    model = make_mlp(dropout=0.2)
+    learner.fit(model, (x, y), epochs=12, batch_size=4)
+    if learner.is_main_process:
+        save_file(model.state_dict(), str(out / "final.safetensors"))
+    return {"global_step": learner.global_step, "history": learner.history.history}
+
+
 SCENARIOS = {
+    "preempt": preempt,
     "cross_save": cross_save,
     "cross_resume": cross_resume,
     "agree": agree,
