@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["check_bool", "check_choice", "check_int", "check_number", "check_path", "check_str"]
+__all__ = ["check_bool", "check_callable", "check_choice", "check_int", "check_number", "check_path", "check_str"]
 
 
 def _prefix(owner: str | None) -> str:
@@ -207,3 +207,29 @@ def check_path(value: Any, name: str, *, allow_none: bool = False, owner: str | 
     if not path:
         raise _fail(ValueError, owner, name, "a non-empty path", value)
     return path
+
+
+def check_callable(
+    value: Any, name: str, *, what: str = "a function", allow_none: bool = False, owner: str | None = None
+) -> Any:
+    """Return `value` when it can be called (a function, a lambda, a class, an object with `__call__`).
+
+    Args:
+        value: what the user passed.
+        name: the argument's name, for the message.
+        what: what the argument should be, for the message (`"a function (epoch, lr) -> rate"`).
+        allow_none: accept None (and return it).
+        owner: the class or function the argument belongs to, for the message.
+
+    Raises:
+        TypeError: `value` cannot be called.
+
+    Example:
+        >>> check_callable(print, "on_epoch_end", owner="LambdaCallback")  # doctest: +ELLIPSIS
+        <built-in function print>
+    """
+    if value is None and allow_none:
+        return None
+    if not callable(value):
+        raise _fail(TypeError, owner, name, what + (" or None" if allow_none else ""), value)
+    return value
