@@ -74,7 +74,8 @@ class LRScheduler(Callback):
 
     Other changes to the rate compose with the schedule: a rate found different from the one this
     callback set last (a `ReduceLROnPlateau` reduction, a callback of yours) is kept as a scale on
-    the rest of the schedule, per parameter group.
+    the rest of the schedule, per parameter group. Two schedules in one fit (two `LRScheduler`s, or
+    one and a `LearningRateScheduler`) are refused when `fit` starts.
 
     The base rates are the optimizer's rates when the first fit starts (torch's `initial_lr`, so a
     second fit starts from them again). `state_dict()` holds the base rates, where the schedule
@@ -97,8 +98,8 @@ class LRScheduler(Callback):
 
     Raises:
         ValueError: an unknown name, interval or warm-up mode; a negative `warmup`; a bad option value;
-            at the start of fit, a named schedule that cannot be sized (data without a length, or a
-            warm-up as long as the fit).
+            at the start of fit, a second schedule in the same fit, or a named schedule that cannot be
+            sized (data without a length, or a warm-up as long as the fit).
         TypeError: `schedule` of the wrong type or a two-argument function, an option the schedule
             does not take, a factory that does not return a torch scheduler.
 
@@ -173,6 +174,15 @@ class LRScheduler(Callback):
     # ------------------------------------------------------------------ events
 
     def on_train_begin(self, logs: dict[str, Any]) -> None:
+        others = [cb for cb in self.learner.active_callbacks if isinstance(cb, LRScheduler) and cb is not self]
+        if others:
+            # Each would take the other's rates for outside changes and scale its own schedule by them.
+            names = ", ".join(type(callback).__name__ for callback in [self, *others])
+            raise ValueError(
+                f"Two learning-rate schedules in one fit ({names}) would each overwrite the other's rate. "
+                "Use one: combine them into one function, or chain torch schedulers "
+                "(LRScheduler(lambda opt: SequentialLR(opt, [...], milestones=[...])))."
+            )
         self._ready = False  # set up at the first epoch begin, when the length of an epoch is known
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any]) -> None:

@@ -13,7 +13,7 @@ from torch.optim import lr_scheduler
 
 from conftest import Script, make_classification, make_mlp
 from fitorch import Callback, Learner, save_checkpoint
-from fitorch.callbacks import LRScheduler, ModelCheckpoint, ReduceLROnPlateau
+from fitorch.callbacks import LearningRateScheduler, LRScheduler, ModelCheckpoint, ReduceLROnPlateau
 from fitorch.callbacks.schedules import SCHEDULES
 
 BASE = 0.1
@@ -370,3 +370,10 @@ def test_a_factory_of_torchs_reduce_lr_on_plateau_steps_at_epoch_ends_with_the_m
         fit(LRScheduler(factory, interval="step"), n=8, before=[Script("val_loss", values)])
     with pytest.raises(ValueError, match=r"LRScheduler\(monitor='val_loss'\): no such value in the logs"):
         fit(LRScheduler(factory), n=8)
+
+
+def test_two_schedules_in_one_fit_are_refused_at_the_start():
+    with pytest.raises(
+        ValueError, match=r"Two learning-rate schedules in one fit \(LRScheduler, LearningRateScheduler\)"
+    ):
+        fit(LRScheduler("cosine"), extra=[LearningRateScheduler(lambda epoch: 0.1)])
