@@ -63,8 +63,8 @@ class LRScheduler(Callback):
     `interval="epoch"` sets the rate at the start of each epoch, so the epoch's logged `lr` is the
     rate used during that epoch. `interval="step"` sets it after every real optimizer step
     (accumulation-aware: once per `grad_accum_steps` micro-batches), so the epoch's logged `lr` is
-    the rate of the next step. For `interval="step"` a fit lasts `ceil(batches / grad_accum_steps)
-    * epochs` steps.
+    the rate of the next step (after the fit's last step, the rate of that step stays). For
+    `interval="step"` a fit lasts `ceil(batches / grad_accum_steps) * epochs` steps.
 
     Warm-up lasts `warmup` epochs or steps (the unit of `interval`), multiplying the base rate by a
     factor that rises from `warmup_start` to 1: linearly (`start + (1 - start) * t / warmup`,
@@ -315,6 +315,10 @@ class LRScheduler(Callback):
     # ------------------------------------------------------------------ setting the rate
 
     def _apply(self, count: int) -> None:
+        total = self._fit_length()
+        if total is not None:
+            # After the fit's last step no step follows: its rate stays (rather than the end value, 0 for a cosine).
+            count = min(count, total - 1)
         self._absorb_changes()
         unscaled = self._schedule_rates(count)
         rates = [rate * scale for rate, scale in zip(unscaled, self.scales)]

@@ -68,8 +68,10 @@ def cosine(t, span):
     ],
 )
 def test_step_warmup_then_cosine_ending_above_zero(mode, warm):
-    recorder, _, _ = fit(LRScheduler("cosine", interval="step", warmup=10, warmup_mode=mode))  # 10 batches x 3 epochs
+    recorder, history, learner = fit(LRScheduler("cosine", interval="step", warmup=10, warmup_mode=mode))  # 30 steps
     rates = recorder.rates
+    # After the last step no step follows: its rate stays in the optimizer and the logs, not the end value 0.
+    assert history.history["lr"][-1] == learner.optimizer.param_groups[0]["lr"] == rates[-1]
     expected = [BASE * warm(s) for s in range(10)] + [BASE * cosine(t, 20) for t in range(20)]
     assert rates == pytest.approx(expected, rel=1e-12, abs=1e-15)
     assert rates[10] == pytest.approx(BASE) and rates[-1] == pytest.approx(BASE * cosine(19, 20)) and rates[-1] > 0

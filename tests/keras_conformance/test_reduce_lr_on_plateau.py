@@ -44,8 +44,9 @@ def test_a_schedule_and_a_plateau_compose_instead_of_failing():
     # LRScheduler, and a reduction scales the rest of the schedule (docs/migrating.md).
     decay = LRScheduler(lambda opt: lr_scheduler.PolynomialLR(opt, total_iters=10, power=1.0), interval="step")
     learner = fit(decay, ReduceLROnPlateau(patience=1, factor=0.1, monitor="val_loss", min_delta=100), epochs=2)
-    # One step an epoch: after 2 steps the schedule's own rate is 0.1 * (1 - 2/10); the plateau reduced it 10-fold.
-    assert rate(learner) == pytest.approx(0.1 * 0.8 * 0.1)
+    # One step an epoch: the second (last) step trained at 0.1 * (1 - 1/10), which stays after the fit;
+    # the plateau reduced it 10-fold at the end of the second epoch.
+    assert rate(learner) == pytest.approx(0.1 * 0.9 * 0.1)
 
 
 @ports(FILE + "test_verbose_logging", "different")
