@@ -10,6 +10,7 @@ from fitorch.callbacks.file_logger import FileLogger
 from fitorch.callbacks.history import History
 from fitorch.callbacks.label_smoothing import LabelSmoothing
 from fitorch.callbacks.lambda_callback import LambdaCallback
+from fitorch.callbacks.learning_rate_scheduler import LearningRateScheduler
 from fitorch.callbacks.lr_scheduler import LRScheduler
 from fitorch.callbacks.model_checkpoint import ModelCheckpoint
 from fitorch.callbacks.model_summary import ModelSummary
@@ -27,6 +28,7 @@ __all__ = [
     "LRScheduler",
     "LabelSmoothing",
     "LambdaCallback",
+    "LearningRateScheduler",
     "ModelCheckpoint",
     "ModelSummary",
     "ProgressBar",

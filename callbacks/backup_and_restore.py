@@ -144,7 +144,7 @@ class BackupAndRestore(Callback):
             self._back_up()
 
     def on_train_batch_end(self, batch: int, logs: Any) -> None:
-        if self.save_every.step_due(self.learner) and not _last_batch(self.learner, batch):
+        if self.save_every.step_due(self.learner):  # the last batch of an epoch too, as ModelCheckpoint does
             self._back_up()
 
     def _back_up(self) -> None:
@@ -171,11 +171,6 @@ class BackupAndRestore(Callback):
             delete_checkpoint(_previous(path))
         # No process may start another fit and find the backup before it is gone.
         self.learner.accelerator.wait_for_everyone()
-
-
-def _last_batch(learner: Any, batch: int) -> bool:
-    # The epoch-end work follows at once; a checkpoint there would resume into an epoch with no batch left.
-    return learner.num_batches is not None and batch + 1 >= learner.num_batches
 
 
 def _previous(path: str) -> str:

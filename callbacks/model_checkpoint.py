@@ -125,8 +125,9 @@ class ModelCheckpoint(Callback):
             self._save_point(logs, {"epoch": epoch + 1})
 
     def on_train_batch_end(self, batch: int, logs: Any) -> None:
-        last_batch = self.learner.num_batches is not None and batch + 1 >= self.learner.num_batches
-        if self.save_every.step_due(self.learner) and not last_batch:
+        # The last batch of an epoch saves too (as in Keras): such a checkpoint resumes into an epoch
+        # with no batch left, which then validates and ends as the uninterrupted run did.
+        if self.save_every.step_due(self.learner):
             self._save_point(dict(logs), {"epoch": self.learner.epoch + 1, "batch": batch + 1})
 
     def _save_point(self, logs: dict[str, Any], counters: dict[str, int]) -> None:

@@ -40,7 +40,9 @@ class TensorBoard(Callback):
     validation curves of a metric on one chart. The learning rates (`lr`, `lr_1`, ...) are
     `epoch_lr`, `epoch_lr_1`, ... in `train/`. At the start, the configuration and hyperparameters
     (`learner.config()`) are a text summary `config`; at the end, the hyperparameters also go to
-    the HParams dashboard with the last epoch's values. Main process only.
+    the HParams dashboard with the last epoch's values. After each validation pass, its values also
+    go to `validation/` as `evaluation_k_vs_iterations` at step `global_step` (Keras's tags), to
+    compare runs of different epoch lengths by optimizer steps. Main process only.
 
     Args:
         log_dir: the folder; None means `run_dir/tensorboard`.
@@ -101,6 +103,14 @@ class TensorBoard(Callback):
             if learner.loss is not None:
                 train.add_scalar("batch_loss", float(learner.loss.detach()), learner.global_step)  # a sync
             train.add_scalar("batch_lr", learner.learning_rates().get("lr", float("nan")), learner.global_step)
+
+    def on_test_end(self, logs: dict[str, Any]) -> None:
+        if not self.writers or not self.learner.fitting:
+            return
+        validation, step = self.writers["validation"], self.learner.global_step
+        for key, value in logs.items():
+            if isinstance(value, (int, float)):
+                validation.add_scalar(f"evaluation_{key}_vs_iterations", value, step)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
         if not self.writers:

@@ -21,6 +21,7 @@ T = TypeVar("T")
 
 __all__ = [
     "check_bool",
+    "check_callable",
     "check_choice",
     "check_folder_creatable",
     "check_int",
@@ -238,3 +239,29 @@ def check_folder_creatable(path: str, name: str, *, owner: str | None = None) ->
     if not os.access(existing, os.W_OK):
         raise PermissionError(f"{_prefix(owner)}{name} {path!r}: the folder {existing!r} is not writable.")
     return path
+
+
+def check_callable(
+    value: Any, name: str, *, what: str = "a function", allow_none: bool = False, owner: str | None = None
+) -> Any:
+    """Return `value` when it can be called (a function, a lambda, a class, an object with `__call__`).
+
+    Args:
+        value: what the user passed.
+        name: the argument's name, for the message.
+        what: what the argument should be, for the message (`"a function (epoch, lr) -> rate"`).
+        allow_none: accept None (and return it).
+        owner: the class or function the argument belongs to, for the message.
+
+    Raises:
+        TypeError: `value` cannot be called.
+
+    Example:
+        >>> check_callable(print, "on_epoch_end", owner="LambdaCallback")  # doctest: +ELLIPSIS
+        <built-in function print>
+    """
+    if value is None and allow_none:
+        return None
+    if not callable(value):
+        raise _fail(TypeError, owner, name, what + (" or None" if allow_none else ""), value)
+    return value

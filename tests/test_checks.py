@@ -14,7 +14,7 @@ import pytest
 import fitorch
 import fitorch.callbacks
 from fitorch import Every, Learner
-from fitorch.checks import check_bool, check_choice, check_int, check_number, check_path, check_str
+from fitorch.checks import check_bool, check_callable, check_choice, check_int, check_number, check_path, check_str
 
 
 @pytest.mark.parametrize(
@@ -48,6 +48,7 @@ from fitorch.checks import check_bool, check_choice, check_int, check_number, ch
         ),
         (lambda: check_bool(1, "flag", owner="X"), TypeError, "X: flag must be True or False, got 1."),
         (lambda: check_choice("up", "mode", ("min", "max")), ValueError, "mode must be one of 'min', 'max', got 'up'."),
+        (lambda: check_callable(3, "hook", owner="X"), TypeError, "X: hook must be a function, got 3."),
         (lambda: check_str(3, "monitor"), TypeError, "monitor must be a non-empty string, got 3."),
         (lambda: check_str("", "monitor"), ValueError, "monitor must be a non-empty string, got ''."),
         (lambda: check_path(3, "run_dir"), TypeError, "run_dir must be a path (str or os.PathLike), got 3."),
@@ -65,6 +66,7 @@ def test_checks_return_the_value_converted_where_that_is_the_point():
     assert check_number(np.float32(0.5), "x") == 0.5 and isinstance(check_number(1, "x"), float)
     assert check_path(Path("runs") / "a", "run_dir") == "runs/a"
     assert check_int(None, "n", allow_none=True) is None
+    assert check_callable(len, "f") is len and check_callable(None, "f", allow_none=True) is None
 
 
 def test_every_parses_keras_frequencies_and_fires_on_real_steps_only():
@@ -128,7 +130,7 @@ REQUIRED = {
     "BatchMean": {"fn": len},
     "Every": {"n": 1},
 }
-NOT_CONFIGURATION = {"Summary"}  # results that fitorch builds, not objects a user configures
+NOT_CONFIGURATION = {"Summary", "Preempted"}  # what fitorch builds or raises, not objects a user configures
 
 
 def _simple_kind(annotation: str) -> str | None:

@@ -70,8 +70,17 @@ def straight():
     return fit([])
 
 
-@pytest.mark.parametrize(("crash", "save_freq"), [(CrashAt(epoch=2), "epoch"), (CrashAt(step=7), 3)])
-def test_the_same_fit_started_again_continues_exactly(tmp_path, straight, crash, save_freq):
+@pytest.mark.parametrize(
+    ("crash", "save_freq", "resumed_epoch"),
+    [
+        (CrashAt(epoch=2), "epoch", 2),
+        (CrashAt(step=7), 3, 1),
+        # Step 5 is epoch 0's last batch (9 batches, windows of 2): backed up there, as ModelCheckpoint
+        # saves there; the resumed epoch 0 has no batch left and validates and ends as it did.
+        (CrashAt(epoch=1), 5, 0),
+    ],
+)
+def test_the_same_fit_started_again_continues_exactly(tmp_path, straight, crash, save_freq, resumed_epoch):
     backup = tmp_path / "backup"
     with pytest.raises(Crash):
         fit([crash, BackupAndRestore(backup, save_freq=save_freq)])
@@ -80,7 +89,7 @@ def test_the_same_fit_started_again_continues_exactly(tmp_path, straight, crash,
     resumed = fit(
         [first_epoch, BackupAndRestore(backup, save_freq=save_freq)], model_seed=1
     )  # the backup's weights win
-    assert first_epoch.epoch == (2 if save_freq == "epoch" else 1)  # restored before on_train_begin
+    assert first_epoch.epoch == resumed_epoch  # restored before on_train_begin
     assert same(weights(straight), weights(resumed))
     assert resumed.history.history["val_loss"] == straight.history.history["val_loss"]
     # the epoch resumed in its middle reports its loss over all of its batches, not only the later ones

@@ -93,8 +93,8 @@ def test_step_saves_come_after_real_optimizer_steps_only(tmp_path):
     # 70 samples in batches of 8: 9 batches, windows of 2 end at batches 1, 3, 5, 7 and 8 (the last).
     fit([ModelCheckpoint(tmp_path / "s{step}-b{batch}", save_freq=2)], epochs=2, grad_accum_steps=2)
     names = sorted(os.listdir(tmp_path), key=lambda name: int(name[1:].split("-")[0]))
-    # Step 10 ends epoch 1 at its last batch: the epoch end follows at once, so no step save there.
-    assert names == ["s2-b4", "s4-b8", "s6-b2", "s8-b6"]
+    # Step 10 ends epoch 1 at its last batch, and saves there too, as Keras does.
+    assert names == ["s2-b4", "s4-b8", "s6-b2", "s8-b6", "s10-b9"]
     for name in names:
         state = loop(tmp_path / name)
         assert state["global_step"] == int(name[1:].split("-")[0]) and state["batch"] == int(name.split("-b")[1])
@@ -159,3 +159,15 @@ def test_a_second_model_on_the_same_learner_starts_with_no_best(tmp_path):
     assert best.best > first_best
     saved = load_file(tmp_path / "best" / "model.safetensors")
     assert torch.equal(saved["2.weight"], second[2].weight.detach())
+
+
+def test_a_step_save_on_the_last_batch_resumes_exactly(tmp_path):
+    # 9 batches an epoch: step 9 is epoch 0's last batch. Its checkpoint resumes into an epoch with no
+    # batch left, which validates and ends as the uninterrupted run's epoch 0 did.
+    straight = fit([ModelCheckpoint(tmp_path / "s{step}", save_freq=9)], epochs=3)
+    assert sorted(os.listdir(tmp_path)) == ["s18", "s27", "s9"]
+    assert loop(tmp_path / "s9") == {**loop(tmp_path / "s9"), "epoch": 0, "batch": 9, "global_step": 9}
+    resumed = fit([], epochs=3, resume=tmp_path / "s9")
+    assert resumed.history.history == straight.history.history
+    for ours, theirs in zip(resumed.model.state_dict().values(), straight.model.state_dict().values()):
+        assert torch.equal(ours, theirs)

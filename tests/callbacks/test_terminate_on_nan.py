@@ -1,4 +1,4 @@
-"""TerminateOnNaN: stops at the first non-finite loss, naming its epoch, batch and step."""
+"""TerminateOnNaN: stops at the first non-finite loss, naming its epoch, batch and step; or fails the fit there."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from conftest import make_classification, make_mlp
 from fitorch import Callback, Learner
-from fitorch.callbacks import TerminateOnNaN
+from fitorch.callbacks import LambdaCallback, TerminateOnNaN
 
 
 class CountBatches(Callback):
@@ -19,13 +19,15 @@ class CountBatches(Callback):
         self.count += 1
 
 
-def fit(stopper, poison_sample=None, epochs=2):
+def fit(stopper, poison_sample=None, epochs=2, extra=()):
     x, y = make_classification(n=48)
     if poison_sample is not None:
         x[poison_sample, 0] = float("nan")
     counter = CountBatches()
     learner = Learner(loss="cross_entropy", optimizer="sgd", lr=0.1, verbose=0)
-    history = learner.fit(make_mlp(), (x, y), epochs=epochs, batch_size=4, shuffle=False, callbacks=[stopper, counter])
+    history = learner.fit(
+        make_mlp(), (x, y), epochs=epochs, batch_size=4, shuffle=False, callbacks=[stopper, counter, *extra]
+    )
     return history, counter.count
 
 
@@ -58,3 +60,23 @@ def test_finite_losses_train_to_the_end():
 def test_bad_check_every_fails_at_construction(check_every, error):
     with pytest.raises(error, match="check_every must be a positive int, got"):
         TerminateOnNaN(check_every)
+
+
+def test_raise_error_fails_the_fit_at_the_first_bad_batch_without_ending_the_epoch():
+    ends = []
+    watcher = LambdaCallback(
+        on_epoch_end=lambda epoch, logs: ends.append(("epoch", epoch)),
+        on_train_end=lambda logs: ends.append(("train", type(watcher.learner.exception).__name__)),
+    )
+    stopper = TerminateOnNaN(raise_error=True)
+    with pytest.raises(
+        RuntimeError, match=r"NaN or Inf loss encountered at epoch 0 \(0-based\), batch 2, global step 3 \(loss nan\)"
+    ):
+        fit(stopper, poison_sample=9, extra=[watcher])
+    assert ends == [("train", "RuntimeError")]  # no epoch end; on_train_end sees the failure
+    assert stopper.stopped_at == {"epoch": 0, "batch": 2, "global_step": 3}
+
+
+def test_raise_error_must_be_a_bool():
+    with pytest.raises(TypeError, match="raise_error must be True or False, got 1"):
+        TerminateOnNaN(raise_error=1)

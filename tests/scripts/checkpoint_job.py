@@ -4,6 +4,7 @@ Imported by the tests (the recipe, so both sides train the same thing) and run a
 
     python checkpoint_job.py resume EPOCHS CHECKPOINT OUT [CHECKPOINT OUT ...]   # continue runs to EPOCHS
     python checkpoint_job.py crash WORKDIR KILLS SEED          # the SIGKILL test's fork server
+    python checkpoint_job.py schedule BACKUP OUT CRASH_STEP    # a scheduled fit that fails at a step (0: never)
 
 The crash server imports torch and fitorch once, then forks the training children (a fresh
 interpreter per kill would cost seconds each): each child resumes from the newest backup, trains,
@@ -29,7 +30,7 @@ from torch import nn
 
 import fitorch
 from fitorch import Callback, Learner, latest_checkpoint, load_checkpoint
-from fitorch.callbacks import BackupAndRestore
+from fitorch.callbacks import BackupAndRestore, LRScheduler, ReduceLROnPlateau
 
 SAMPLES, FEATURES, CLASSES, BATCH_SIZE = 70, 8, 3, 8  # 9 batches an epoch, the last one short
 
@@ -107,6 +108,40 @@ def resume(epochs: int, checkpoint: str, out: str) -> None:
     learner, patience = make_learner(), Patience()
     fit(learner, make_model(seed=123), epochs, resume=checkpoint, callbacks=[patience])
     write_final(learner, out, patience=patience.state_dict())
+
+
+# ---------------------------------------------------------------------------- a schedule across processes
+
+
+SCHEDULE_EPOCHS, SCHEDULE_SAVE_FREQ = 4, 3  # 4 epochs of 5 optimizer steps, a backup every 3 steps
+
+
+def schedule_callbacks() -> list[Callback]:
+    """A per-step torch schedule after a warm-up, scaled by a plateau that reduces at most epoch ends."""
+    step_lr = lambda optimizer: torch.optim.lr_scheduler.StepLR(optimizer, step_size=4, gamma=0.7)
+    # val_loss falls by about 0.07 an epoch here, less than min_delta: most epochs count as bad.
+    return [LRScheduler(step_lr, interval="step", warmup=3), ReduceLROnPlateau(patience=0, factor=0.5, min_delta=0.1)]
+
+
+class FailAtStep(Callback):
+    """A real crash: the fit fails right after optimizer step `step`."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, batch, logs):
+        if self.learner.global_step == self.step and self.learner.step_taken:
+            raise RuntimeError(f"crash at step {self.step}")
+
+
+def schedule(backup: str, out: str, crash_step: int) -> None:
+    """The scheduled fit with a backup; fails at `crash_step` (0: runs to the end and writes its final state)."""
+    callbacks = [*schedule_callbacks(), BackupAndRestore(backup, save_freq=SCHEDULE_SAVE_FREQ)]
+    if crash_step:
+        callbacks.append(FailAtStep(crash_step))
+    learner = make_learner()
+    fit(learner, make_model(), SCHEDULE_EPOCHS, callbacks=callbacks)
+    write_final(learner, out)
 
 
 # ---------------------------------------------------------------------------- the SIGKILL test
@@ -241,6 +276,9 @@ if __name__ == "__main__":
         torch.set_num_threads(1)
         for checkpoint, out in zip(arguments[1::2], arguments[2::2]):
             resume(int(arguments[0]), checkpoint, out)
+    elif command == "schedule":
+        torch.set_num_threads(1)
+        schedule(arguments[0], arguments[1], int(arguments[2]))
     elif command == "crash":
         torch.set_num_threads(1)  # before any work, so that forked children inherit no thread pool
         torch.optim.AdamW(make_model().parameters())  # imports torch._dynamo once, not in every child
