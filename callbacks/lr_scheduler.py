@@ -208,7 +208,7 @@ class LRScheduler(Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
         if self.kind == "plateau":
             # The mode is torch's scheduler's own; the Monitor only reads the value (and lists the keys when missing).
-            current = Monitor(self.monitor, "min", owner=type(self).__name__).value(logs)
+            current = self.learner.broadcast(Monitor(self.monitor, "min", owner=type(self).__name__).value(logs))
             for scheduler in self.schedulers:
                 scheduler.step(current)
 

@@ -131,11 +131,12 @@ class ModelCheckpoint(Callback):
             self._save_point(dict(logs), {"epoch": self.learner.epoch + 1, "batch": batch + 1})
 
     def _save_point(self, logs: dict[str, Any], counters: dict[str, int]) -> None:
-        # Every process takes the same decisions (the logs are global) and calls save_checkpoint,
+        # Every process takes the same decision (on the main process's value) and calls save_checkpoint,
         # which gathers the RNG states; only the main process writes and deletes.
         fields = {**logs, **counters, "step": self.learner.global_step}
         path = self._format(fields)
-        if not self.save_best_only or self.monitored.update(logs):
+        improved = self.save_best_only and self.monitored.observe(self.learner.broadcast(self.monitored.value(logs)))
+        if not self.save_best_only or improved:
             self._save(
                 path,
                 f"{self.monitored.monitor} = {self.monitored.best:.6g}, the best so far" if self.save_best_only else "",

@@ -89,11 +89,12 @@ class ReduceLROnPlateau(Callback):
         self._resumed = False
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
-        self.monitored.value(logs)  # raises, listing the available keys, when it is missing
+        # The main process's value decides on every process, so no two end with different rates.
+        current = self.learner.broadcast(self.monitored.value(logs))  # raises, listing the keys, when missing
         if self.in_cooldown():
             self.cooldown_counter -= 1
             self.wait = 0
-        if self.monitored.update(logs):
+        if self.monitored.observe(current):
             self.wait = 0
         elif not self.in_cooldown():
             self.wait += 1

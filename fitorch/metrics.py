@@ -292,10 +292,13 @@ class Tracker:
             dtype = sum_dtype(device)
             zero = torch.zeros((), dtype=dtype, device=device)
             totals = torch.stack([zero if total is None else total.to(device, dtype) for total, _ in sums.values()])
-            counts = torch.tensor([float(count) for _, count in sums.values()], dtype=dtype, device=device)
-            if reduce is not None:
-                totals, counts = reduce(torch.stack([totals, counts])).unbind()
-            for name, total, count in zip(sums, totals.tolist(), counts.tolist()):
+            counts = [float(count) for _, count in sums.values()]
+            if reduce is not None:  # one collective for every sum and count, then one read
+                counts_tensor = torch.tensor(counts, dtype=dtype).to(device, non_blocking=True)
+                totals, counts = reduce(torch.stack([totals, counts_tensor])).tolist()
+            else:
+                totals = totals.tolist()  # the one host sync: the counts are on the host already
+            for name, total, count in zip(sums, totals, counts):
                 if count > 0:
                     values[name] = total / count
         for name, metric in self.metrics.items():

@@ -68,6 +68,7 @@ def test_ranks_with_different_monitored_values_take_one_decision_and_keep_the_sa
     rank0, rank1 = results(tmp_path)
     assert rank0 == rank1
     assert rank0["best_epoch"] == 1 and rank0["epochs"] == [0, 1, 2, 3]  # the main process's values decide
+    assert rank0["checkpoint_best"] == 0.5 and rank0["lr"] == [0.05, 0.05, 0.05, 0.025]
 
 
 def test_another_process_count_resumes_at_an_epoch_end_and_refuses_inside_an_epoch(tmp_path):

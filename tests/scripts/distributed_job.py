@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import make_classification, make_mlp  # noqa: E402
 from fitorch import Callback, Learner  # noqa: E402
-from fitorch.callbacks import BackupAndRestore, EarlyStopping, ModelCheckpoint  # noqa: E402
+from fitorch.callbacks import BackupAndRestore, EarlyStopping, ModelCheckpoint, ReduceLROnPlateau  # noqa: E402
 
 
 class StopOnRank(Callback):
@@ -165,12 +165,16 @@ def agree(out):
     x, y = make_classification(n=64)
     values = [[1.0, 0.5, 0.9, 0.9, 0.9, 0.9], [1.0, 0.9, 0.4, 0.9, 0.9, 0.9]]  # best: epoch 1 on rank 0, 2 on rank 1
     stopper = EarlyStopping(monitor="val_rank_metric", patience=2, restore_best_weights=True)
+    plateau = ReduceLROnPlateau(monitor="val_rank_metric", patience=1, factor=0.5)
+    best = ModelCheckpoint(out / "best", monitor="val_rank_metric", save_best_only=True)
     model = make_mlp()
     history = Learner(loss="cross_entropy", lr=0.05, verbose=0).fit(
-        model, (x, y), epochs=6, batch_size=8, callbacks=[RankScript(values), stopper]
+        model, (x, y), epochs=6, batch_size=8, callbacks=[RankScript(values), plateau, stopper, best]
     )
     return {
         "epochs": history.epoch,
+        "lr": history.history["lr"],
+        "checkpoint_best": best.best,
         "best_epoch": stopper.best_epoch,
         "weights": [round(float(v), 7) for v in torch.cat([p.detach().flatten() for p in model.parameters()])[:20]],
     }
