@@ -11,8 +11,10 @@ callbacks); built-in callbacks live in `fitorch.callbacks`.
 
 from fitorch.callback import EVENTS, Callback, CallbackList, Every
 from fitorch.checkpoint import delete_checkpoint, latest_checkpoint, load_checkpoint, load_weights, save_checkpoint
+from fitorch.data import call_model, unpack_batch
 from fitorch.learner import LazyLogs, Learner
 from fitorch.losses import LOSSES
+from fitorch.lr_finder import LRFindResult
 from fitorch.metrics import (
     Accuracy,
     BatchMean,
@@ -38,6 +40,7 @@ __all__ = [
     "Callback",
     "CallbackList",
     "Every",
+    "LRFindResult",
     "LazyLogs",
     "Learner",
     "MeanAbsoluteError",
@@ -46,6 +49,7 @@ __all__ = [
     "MetricProtocol",
     "Monitor",
     "TopKAccuracy",
+    "call_model",
     "delete_checkpoint",
     "latest_checkpoint",
     "load_checkpoint",
@@ -54,4 +58,5 @@ __all__ = [
     "Summary",
     "seed_everything",
     "summary",
+    "unpack_batch",
 ]
