@@ -17,7 +17,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import make_classification, make_mlp
+from conftest import StopAtStep, make_classification, make_mlp
 from fitorch import Callback, Learner, load_weights
 from fitorch.callbacks import BackupAndRestore, EarlyStopping, ModelCheckpoint, WeightAveraging
 
@@ -167,17 +167,6 @@ def test_a_second_fit_of_the_same_model_continues_from_the_trained_weights_and_t
         return {**copy_of(model), **{f"avg.{k}": v for k, v in copy_of(averaging.averaged_model).items()}}
 
     assert_same(run([]), run([2]))
-
-
-class StopAtStep(Callback):
-    """Stands in for a crash: raises right after optimizer step `step` (and the backup written there)."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, batch, logs):
-        if self.learner.global_step == self.step and self.learner.sync_gradients:
-            raise KeyboardInterrupt(f"simulated crash at step {self.step}")
 
 
 @pytest.mark.slow
