@@ -18,6 +18,8 @@ from fitorch.callbacks.progress import ProgressBar
 from fitorch.callbacks.reduce_lr_on_plateau import ReduceLROnPlateau
 from fitorch.callbacks.tensorboard import TensorBoard
 from fitorch.callbacks.terminate_on_nan import TerminateOnNaN
+from fitorch.callbacks.throughput import Throughput
+from fitorch.callbacks.weight_averaging import WeightAveraging
 
 __all__ = [
     "BackupAndRestore",
@@ -35,4 +37,6 @@ __all__ = [
     "ReduceLROnPlateau",
     "TensorBoard",
     "TerminateOnNaN",
+    "Throughput",
+    "WeightAveraging",
 ]

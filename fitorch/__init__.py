@@ -18,8 +18,10 @@ from fitorch.checkpoint import (
     save_checkpoint,
     verify_checkpoint,
 )
+from fitorch.data import call_model, unpack_batch
 from fitorch.learner import Learner
 from fitorch.losses import LOSSES
+from fitorch.lr_finder import LRFindResult
 from fitorch.metrics import (
     Accuracy,
     BatchMean,
@@ -47,6 +49,7 @@ __all__ = [
     "Callback",
     "CallbackList",
     "Every",
+    "LRFindResult",
     "LazyLogs",
     "Learner",
     "MeanAbsoluteError",
@@ -55,6 +58,7 @@ __all__ = [
     "MetricProtocol",
     "Monitor",
     "TopKAccuracy",
+    "call_model",
     "delete_checkpoint",
     "latest_checkpoint",
     "load_checkpoint",
@@ -64,4 +68,5 @@ __all__ = [
     "seed_everything",
     "summary",
     "verify_checkpoint",
+    "unpack_batch",
 ]

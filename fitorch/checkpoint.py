@@ -25,6 +25,7 @@ from accelerate.utils import DistributedType
 from torch import nn
 
 from fitorch import restore, storage
+from fitorch.compiled import strip_compiled_prefix, unwrap_compiled
 from fitorch.seed import gather_rng_states, set_rng_states
 from fitorch.storage import METADATA_FILE, MODEL_FILE, STATE_FILE
 from fitorch.version import __version__
@@ -137,6 +138,7 @@ def load_checkpoint(learner_or_model: Learner | nn.Module, path: str | os.PathLi
         17
     """
     if isinstance(learner_or_model, nn.Module):
+        learner_or_model = unwrap_compiled(learner_or_model)  # plain names, as every checkpoint holds them
         checkpoint = _read(path, training_state=False)
         _check_weights(learner_or_model, checkpoint.weights, checkpoint.path, strict=True)
         learner_or_model.load_state_dict(checkpoint.weights)
@@ -161,7 +163,9 @@ def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True)
     """Load weights into `model` from a checkpoint directory or a bare `.safetensors` file.
 
     Tied weights saved once (as safetensors requires) are filled into every name that shares them.
-    All keys are checked before the model is touched.
+    All keys are checked before the model is touched. A model compiled with `torch.compile` loads the
+    plain names, and a bare file saved from a compiled model's `state_dict()` (every key prefixed
+    `_orig_mod.`) loads into a plain model.
 
     Args:
         model: the model to load into, in place.
@@ -184,8 +188,9 @@ def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True)
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"load_weights: model must be a torch.nn.Module, got {type(model).__name__}.")
+    model = unwrap_compiled(model)  # a compiled model loads plain names; a file saved from one loses its prefix
     if os.path.isfile(path):
-        weights = _fill_tied(model, storage.load_tensor_file(os.fspath(path)))
+        weights = _fill_tied(model, strip_compiled_prefix(storage.load_tensor_file(os.fspath(path))))
     else:
         weights = _read(path, training_state=False).weights
     _check_weights(model, weights, os.fspath(path), strict)

@@ -172,10 +172,23 @@ def make_loader(data: DataLike, name: str, options: LoaderOptions, *, train: boo
 
 
 def unpack_batch(batch: Any) -> tuple[Any, Any]:
-    """Split a batch into `(inputs, targets)`.
+    """Split a batch into `(inputs, targets)`, the way the learner's steps do.
 
-    `inputs` is a tuple of positional model arguments, or a mapping of keyword arguments for dict
-    batches. `targets` is None when the batch carries none (prediction data).
+    `(x, y)` and `(x1, ..., y)` give a tuple of positional model arguments and the last element; a
+    single tensor (or a one-element tuple) gives inputs only; a dict, Hugging Face style, is passed
+    whole as keyword arguments, its targets under `"labels"`. `targets` is None when the batch
+    carries none (prediction data). With `call_model`, a callback runs the model on any batch.
+
+    Args:
+        batch: one batch as a loader yields it.
+
+    Returns:
+        `(inputs, targets)`: inputs as a tuple or a mapping, targets or None.
+
+    Example:
+        >>> inputs, targets = unpack_batch((torch.zeros(4, 3), torch.ones(4)))
+        >>> len(inputs), targets.shape
+        (1, torch.Size([4]))
     """
     if isinstance(batch, Mapping):
         return batch, batch.get("labels")
@@ -187,7 +200,15 @@ def unpack_batch(batch: Any) -> tuple[Any, Any]:
 
 
 def call_model(model: torch.nn.Module, inputs: Any) -> Any:
-    """Call `model` with unpacked inputs: keyword arguments for a mapping, positional otherwise."""
+    """Call `model` with inputs from `unpack_batch`: keyword arguments for a mapping, positional otherwise.
+
+    Args:
+        model: the model to call.
+        inputs: the first element of what `unpack_batch` returned.
+
+    Returns:
+        What the model returns.
+    """
     if isinstance(inputs, Mapping):
         return model(**inputs)
     return model(*inputs)

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 from fitorch.callback import Callback, CallbackList, add_note, find_callback
 from fitorch.checkpoint import latest_checkpoint, load_checkpoint
 from fitorch.checks import check_bool, check_choice, check_int, check_number, check_path
+from fitorch.compiled import Compiler, compile_options, is_compiled, unwrap_compiled
 from fitorch.data import (
     DataLike,
     LoaderOptions,
@@ -54,6 +55,7 @@ from fitorch.state import GradientWindow, LoopState
 
 if TYPE_CHECKING:  # the built-in callbacks import fitorch, so they are imported late at run time
     from fitorch.callbacks import History
+    from fitorch.lr_finder import LRFindResult
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 _PREPARE_MARKS = ("forward", "_original_forward", "_is_accelerate_prepared")  # what Accelerate sets on a model
@@ -87,11 +89,15 @@ class Learner:
         run_dir: folder for the run's logs and checkpoints; None writes nothing to disk.
         num_workers: loader workers when fitorch builds the loader; None chooses (0 for tensors).
         hparams: user hyperparameters, recorded by the logging callbacks.
+        compile: compile the model with `torch.compile` for every `fit` (validation included): True
+            for its defaults, or a dict of its options (`{"mode": "max-autotune"}`). Checkpoints keep
+            the plain parameter names (docs/training-tools.md#compiled-models).
         **optimizer_options: further keyword arguments for a named optimizer or class
             (for example `momentum=0.9` for `"sgd"`).
 
     Attributes:
-        model: the user's model, unwrapped; after `fit` it holds the trained weights.
+        model: the user's model, unwrapped (from a `torch.compile` wrapper too); after `fit` it holds
+            the trained weights.
         prepared_model: the model as Accelerate prepared it (DDP-wrapped under several processes);
             steps call it for forward passes.
         optimizer: the first (usually only) optimizer; `optimizers` holds all. They are the torch
@@ -103,6 +109,8 @@ class Learner:
             that fp16 loss scaling skipped does not count).
         batch: index of the current batch within the running phase (training, validation, prediction).
         outputs: the outputs of the current batch; `loss` its loss (the one optimised, in training).
+        inputs: the inputs of the current training or evaluation batch (a tuple of positional model
+            arguments, or the dict of a dict batch); `targets` its targets (None when it has none).
         logs: the logs of the last epoch (`loss`, metrics, `val_*`, `lr`).
         stop_training: set it to True to stop after the current batch or epoch.
         history: the `History` of the running (or last) fit.
@@ -143,6 +151,7 @@ class Learner:
         run_dir: str | os.PathLike | None = None,
         num_workers: int | None = None,
         hparams: Mapping[str, Any] | None = None,
+        compile: bool | Mapping[str, Any] = False,  # noqa: A002 - torch.compile's name, as users know it
         **optimizer_options: Any,
     ) -> None:
         self.loss_fn, self.loss_name = resolve_loss(loss)
@@ -173,9 +182,14 @@ class Learner:
         self.run_dir = check_path(run_dir, "run_dir", allow_none=True, owner="Learner")
         self.num_workers = check_int(num_workers, "num_workers", minimum=0, allow_none=True, owner="Learner")
         self.hparams = dict(hparams or {})
+        options = compile_options(compile)
+        self.compiler = Compiler(options) if options is not None else None
         self.run_hparams: dict[str, Any] = dict(self.hparams)  # of the current (or last) fit
 
-        # State during and after a call (see the class docstring).
+        self._start_fresh()
+
+    def _start_fresh(self) -> None:
+        """The state during and after a call (see the class docstring), as before any call."""
         self.state = LoopState()
         self.window = GradientWindow()
         self.model: nn.Module | None = None
@@ -185,6 +199,8 @@ class Learner:
         self.history: History | None = None
         self.active_callbacks: CallbackList | None = None
         self.outputs: Any = None
+        self.inputs: Any = None
+        self.targets: Any = None
         self.loss: torch.Tensor | None = None
         self.logs: dict[str, Any] = {}
         self.stop_training = False
@@ -262,6 +278,22 @@ class Learner:
     def is_main_process(self) -> bool:
         """Whether this process is the one that prints, logs and writes files."""
         return self.accelerator is None or self.accelerator.is_main_process
+
+    @property
+    def train_loader(self) -> DataLoader | None:
+        """The training loader of the running `fit`, as Accelerate prepared it (sharded under several
+        processes, batches on the device); None outside `fit`. A callback may iterate it, in
+        `on_train_end` for example (SWA's batch-norm update does)."""
+        return self._call_loaders[0] if self.fitting and self._call_loaders else None
+
+    @property
+    def batch_samples(self) -> int:
+        """Samples in the current training batch on this process, read from its shape (no device sync).
+
+        Under several processes, the repeats the distributed sampler pads the last batch with are not
+        counted, so the sum over processes and batches is the number of samples in the data.
+        """
+        return self._valid_samples(self.window.batch_samples)
 
     def fit(
         self,
@@ -442,6 +474,7 @@ class Learner:
         if self.run_dir is None or self.epoch > 0:
             return
         found = [name for name in _RUN_FILES if _holds_something(os.path.join(self.run_dir, name))]
+        self.accelerator.wait_for_everyone()  # every process looks before the main one writes train.log
         if not found:
             return
         if not archive:
@@ -516,6 +549,73 @@ class Learner:
         inputs_only = is_tensor_data(data)
         return self._inference_call(
             model, data, batch_size, callbacks, lambda loader: self._predict_loader(loader, inputs_only)
+        )
+
+    def lr_find(
+        self,
+        model: nn.Module,
+        data: DataLike,
+        *,
+        start_lr: float = 1e-7,
+        end_lr: float = 10.0,
+        num_steps: int = 100,
+        smoothing: float = 0.98,
+        diverge_threshold: float | None = 4.0,
+        rule: str = "valley",
+        batch_size: int | None = None,
+        shuffle: bool | None = None,
+    ) -> LRFindResult:
+        """Sweep the learning rate up exponentially over a short training run and suggest one.
+
+        Trains `model` on `data` with this learner's loss, optimizer, precision, accumulation,
+        clipping and step methods, but with fresh optimizers and none of its callbacks, raising every
+        parameter group's rate geometrically from `start_lr` to `end_lr` over `num_steps` optimizer
+        steps, and stops early once the smoothed loss exceeds `diverge_threshold` times its lowest
+        value. Afterwards the model (weights, buffers, gradients, device, training mode), every random
+        number generator (Python, NumPy, torch CPU and CUDA, and a given DataLoader's own generator)
+        and the learner are exactly as before: a `fit` after `lr_find` is bit-identical to the same
+        `fit` without it. Under several processes every process records the same curve (losses
+        averaged over processes) and gets the same suggestion.
+
+        Args:
+            model: the model to sweep; it is left as it came in.
+            data: training data, in any form `fit` takes.
+            start_lr: the first rate (of the first parameter group; other groups keep their ratio to it).
+            end_lr: the last rate, reached at step `num_steps`.
+            num_steps: optimizer steps of the sweep (the data is repeated if it holds fewer batches).
+            smoothing: weight of the past in the exponential moving average of the loss (0: none).
+            diverge_threshold: stop when the smoothed loss exceeds this multiple of its lowest value
+                (or is not finite); None runs every step.
+            rule: how to suggest a rate: `"valley"` (halfway along the longest stretch over which the
+                loss falls) or `"steepest"` (where it falls fastest). `LRFindResult.suggest` applies the other.
+            batch_size: batch size when fitorch builds the loader (default 32).
+            shuffle: shuffle when fitorch builds the loader (default True).
+
+        Returns:
+            An `LRFindResult`: `rates`, smoothed `losses`, `suggestion`, `rule`, and `plot()` / `save_plot()`.
+
+        Raises:
+            ValueError, TypeError: bad arguments or data, before anything is touched.
+
+        Example:
+            >>> result = learner.lr_find(model, (x, y))  # doctest: +SKIP
+            >>> learner.fit(model, (x, y), epochs=5)  # exactly as without the sweep  # doctest: +SKIP
+            >>> result.suggestion, result.save_plot("lr_find.png")  # doctest: +SKIP
+        """
+        from fitorch.lr_finder import find_lr
+
+        return find_lr(
+            self,
+            model,
+            data,
+            start_lr=start_lr,
+            end_lr=end_lr,
+            num_steps=num_steps,
+            smoothing=smoothing,
+            diverge_threshold=diverge_threshold,
+            rule=rule,
+            batch_size=batch_size,
+            shuffle=shuffle,
         )
 
     def _inference_call(
@@ -709,7 +809,8 @@ class Learner:
             if not self.prepared_model.training:
                 self.prepared_model.train()  # validation or a callback may have switched to eval
             callbacks.fire("on_train_batch_begin", index, {})
-            targets = unpack_batch(batch)[1]
+            self.inputs, self.targets = unpack_batch(batch)
+            targets = self.targets
             samples = batch_length(targets if targets is not None else batch)
             last = self.window.accumulating and self.accelerator.gradient_state.end_of_dataloader
             self.sync_gradients = self.window.add(index, samples, end_of_data=last)
@@ -734,9 +835,10 @@ class Learner:
         with torch.no_grad():
             for self.batch, batch in enumerate(loader):
                 callbacks.fire("on_test_batch_begin", self.batch, {})
+                self.inputs, self.targets = unpack_batch(batch)
                 self.loss, self.outputs = self.test_step(batch)
                 running_logs.settle_kept()
-                self._track(tracker, self.loss, self.outputs, unpack_batch(batch)[1])
+                self._track(tracker, self.loss, self.outputs, self.targets)
                 callbacks.fire("on_test_batch_end", self.batch, running_logs())
         running_logs.settle_kept()
         results = tracker.results(**self._reduce_options())
@@ -802,6 +904,7 @@ class Learner:
                 "grad_accum_steps": self.grad_accum_steps,
                 "grad_clip": self.grad_clip,
                 "seed": self.seed,
+                "compile": False if self.compiler is None else self.compiler.options or True,
                 "device": str(accelerator.device) if accelerator else None,
                 "num_processes": accelerator.num_processes if accelerator else 1,
                 "epochs": self.epochs,
@@ -949,10 +1052,11 @@ class Learner:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
-        self.model = model
+        # Checkpoints and callbacks see the plain module; a compiled one of the user's runs the forward passes.
+        self.model = unwrap_compiled(model)
         # What Accelerate's prepare sets on the model itself (an autocast forward, a "prepared" flag
         # that makes the next prepare skip the model): put back as it was when the call ends.
-        self._model_attributes = {name: vars(model)[name] for name in _PREPARE_MARKS if name in vars(model)}
+        self._model_attributes = {name: vars(self.model)[name] for name in _PREPARE_MARKS if name in vars(self.model)}
         # Plain backward and optimizer steps are exactly what Accelerate would run in these modes.
         self._bypass_accelerate_wrappers = self.accelerator.scaler is None and self.accelerator.distributed_type in (
             DistributedType.NO,
@@ -962,12 +1066,14 @@ class Learner:
         self.window = GradientWindow(self.grad_accum_steps)
         self._targets_checked = False
         if training:
-            if self._optimizers_model is not model:  # a new model gets new optimizers; the same one keeps its state
-                self._raw_optimizers = build_optimizers(self.optimizer_spec, model, self.optimizer_options)
-                self._optimizers_model = model
+            if self._optimizers_model is not self.model:  # a new model gets new optimizers; the same one keeps state
+                self._raw_optimizers = build_optimizers(self.optimizer_spec, self.model, self.optimizer_options)
+                self._optimizers_model = self.model
             self._step_hooks = [opt.register_step_post_hook(self._check_step_origin) for opt in self._raw_optimizers]
             prepared = self.accelerator.prepare(model, *self._raw_optimizers)
             self.prepared_model, self.optimizers = prepared[0], list(prepared[1:])
+            if self.compiler is not None and not is_compiled(model):
+                self.prepared_model = self.compiler(self.prepared_model, keep=self.prepared_model is self.model)
             if self._bypass_accelerate_wrappers:
                 # Accelerate placed the optimizer state; its wrapper would only add checks that cost
                 # ~150 us a step (benchmarks/analysis.md), so steps go to the torch optimizers.
@@ -1043,6 +1149,7 @@ class Learner:
             self.prepared_model = self.model
             self.loss, self.outputs = _detached(self.loss), _detached(self.outputs)
             self.accelerator.free_memory()
+        self.inputs = self.targets = None  # the last batch is not kept alive after the call
 
     def _check_fit_arguments(
         self, model: Any, epochs: Any, initial_epoch: Any, validation_split: Any, validation_data: Any

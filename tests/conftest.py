@@ -106,6 +106,17 @@ class Script(Callback):
         logs[self.key] = self.values[epoch]
 
 
+class StopAtStep(Callback):
+    """Stands in for a crash: raises right after the optimizer step `step` (and whatever saved there)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, batch, logs):
+        if self.learner.global_step == self.step and self.learner.sync_gradients:
+            raise KeyboardInterrupt(f"simulated crash at step {self.step}")
+
+
 @pytest.fixture
 def data():
     return make_classification()

@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import fitorch
+from conftest import StopAtStep
 from fitorch import (
     Callback,
     Learner,
@@ -54,17 +55,6 @@ def assert_same_tensors(expected: dict[str, torch.Tensor], actual: dict[str, tor
 
 def clone_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {key: value.detach().clone() for key, value in model.state_dict().items()}
-
-
-class StopAtStep(Callback):
-    """Stands in for a crash: raises right after the optimizer step `step` (and whatever saved there)."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, batch, logs):
-        if self.learner.global_step == self.step and self.learner.sync_gradients:
-            raise KeyboardInterrupt(f"simulated crash at step {self.step}")
 
 
 @pytest.fixture(scope="module")

@@ -130,7 +130,7 @@ REQUIRED = {
     "BatchMean": {"fn": len},
     "Every": {"n": 1},
 }
-NOT_CONFIGURATION = {"Summary", "Preempted"}  # what fitorch builds or raises, not objects a user configures
+NOT_CONFIGURATION = {"Summary", "Preempted", "LRFindResult"}  # what fitorch builds or raises, not user settings
 
 
 def _simple_kind(annotation: str) -> str | None:

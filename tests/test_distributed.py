@@ -157,3 +157,14 @@ def test_a_killed_two_process_run_resumes_to_the_uninterrupted_weights(tmp_path)
         assert torch.equal(straight[key], resumed[key]), key
     assert results(tmp_path / "straight") == results(tmp_path / "resumed")
     assert not (tmp_path / "resumed" / "backup").exists()  # deleted once the fit completed
+
+
+def test_lr_find_throughput_and_swa_agree_on_both_ranks(tmp_path):
+    started = time.monotonic()
+    check(torchrun("tools", tmp_path))
+    assert time.monotonic() - started < TIMEOUT  # nothing hung
+    rank0, rank1 = results(tmp_path)
+    assert rank0 == rank1  # the same curve and suggestion, the same totals, the same averaged weights
+    assert rank0["suggestion"] in rank0["rates"] and len(rank0["losses"]) > 5
+    assert rank0["fit_after_lr_find_equal"]  # a fit after lr_find equals one without it, under two processes too
+    assert rank0["samples"] == 101  # summed over ranks, without the sampler's padding repeats

@@ -134,7 +134,15 @@ def test_index_quickstart_runs_as_pasted(tmp_path: Path):
 
 
 # The pages whose code runs, each as one script; index.md's runs in test_index_quickstart_runs_as_pasted.
-SNIPPET_PAGES = ["guide.md", "migrating.md", "callbacks.md", "writing-callbacks.md", "checkpoints.md", "api/index.md"]
+SNIPPET_PAGES = [
+    "guide.md",
+    "migrating.md",
+    "callbacks.md",
+    "writing-callbacks.md",
+    "checkpoints.md",
+    "training-tools.md",
+    "api/index.md",
+]
 
 
 @pytest.mark.slow

@@ -21,6 +21,9 @@ EXPECTED_OUTPUT = {
     "custom_callback.py": r"grad_norm per epoch: \[\d+\.\d+, \d+\.\d+\]",
     "resume.py": r"resumed run equals the uninterrupted run: weights True, history True",
     "distributed.py": r"best val_accuracy: 0\.\d+ after 2 epochs",
+    "lr_find.py": r"suggested learning rate \d\.\d+e-\d+ \(valley\).*\n(.*\n)*.*equals the same fit without it: True",
+    "weight_averaging.py": r"plain 0\.\d+, EMA 0\.\d+, SWA 0\.\d+\nbest EMA .*: val_accuracy (0\.\d+), reloaded: \1",
+    "throughput.py": r"compiled: samples per second by epoch \[\d+, \d+\]\n.*\['0\.bias', '0\.weight'\]",
 }
 
 # Arguments after `--fast`; "{tmp}" is the test's temporary folder. Examples that write files take a
@@ -29,6 +32,9 @@ ARGUMENTS = {
     "vision.py": ["--run-dir", "{tmp}/runs/vision"],
     "custom_callback.py": ["--run-dir", "{tmp}/runs/custom_callback"],
     "distributed.py": ["--run-dir", "{tmp}/runs/distributed"],
+    "lr_find.py": ["--run-dir", "{tmp}/runs/lr_find"],
+    "weight_averaging.py": ["--run-dir", "{tmp}/runs/weight_averaging"],
+    "throughput.py": ["--run-dir", "{tmp}/runs/throughput"],
 }
 
 # One torch thread: the models are tiny, and on a small machine shared with other tests torch's thread

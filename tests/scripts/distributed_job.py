@@ -19,7 +19,14 @@ from safetensors.torch import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import make_classification, make_mlp  # noqa: E402
 from fitorch import Callback, Learner  # noqa: E402
-from fitorch.callbacks import BackupAndRestore, EarlyStopping, ModelCheckpoint, ReduceLROnPlateau  # noqa: E402
+from fitorch.callbacks import (  # noqa: E402
+    BackupAndRestore,
+    EarlyStopping,
+    ModelCheckpoint,
+    ReduceLROnPlateau,
+    Throughput,
+    WeightAveraging,
+)
 
 
 class StopOnRank(Callback):
@@ -121,6 +128,35 @@ def resume(out, kill_at=None):
     if learner.is_main_process:
         save_file(model.state_dict(), str(out / "final.safetensors"))
     return {"global_step": learner.global_step}
+
+
+def tools(out):
+    """lr_find (then a fit, equal to one without it), Throughput on 101 samples, SWA with batch norm."""
+    x, y = make_classification(n=101)
+
+    def fit_after(sweep):
+        learner, model = Learner(loss="cross_entropy", seed=1, verbose=0), make_mlp(dropout=0.2)
+        result = learner.lr_find(model, (x, y), num_steps=30, batch_size=8) if sweep else None
+        learner.fit(model, (x, y), 2, batch_size=8)
+        return result, [p.tolist() for p in model.parameters()]
+
+    (result, swept), (_, straight) = fit_after(True), fit_after(False)
+    throughput = Throughput()
+    nn = torch.nn
+    bn_model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
+    averaging = WeightAveraging("swa", start_epoch=1)
+    history = Learner(loss="cross_entropy", seed=2, verbose=0).fit(
+        bn_model, (x, y), 3, batch_size=8, callbacks=[throughput, averaging]
+    )
+    return {
+        "rates": result.rates,
+        "losses": result.losses,
+        "suggestion": result.suggestion,
+        "fit_after_lr_find_equal": swept == straight,
+        "samples": throughput.samples,
+        "samples_per_second": history.history["samples_per_second"],
+        "averaged": {key: value.tolist() for key, value in averaging.averaged_model.state_dict().items()},
+    }
 
 
 class AutocastProbe(torch.nn.Module):
@@ -239,6 +275,7 @@ def preempt(out):
 
 
 SCENARIOS = {
+    "tools": tools,
     "preempt": preempt,
     "cross_save": cross_save,
     "cross_resume": cross_resume,
