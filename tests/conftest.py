@@ -29,6 +29,18 @@ def make_mlp(features: int = 8, classes: int = 3, hidden: int = 16, dropout: flo
     return nn.Sequential(*layers)
 
 
+class AutocastProbe(nn.Module):
+    """Records, at every forward, whether autocast is on: the learner's precision must hold in every call."""
+
+    def __init__(self):
+        super().__init__()
+        self.net, self.autocast = make_mlp(), []
+
+    def forward(self, inputs):
+        self.autocast.append(torch.is_autocast_enabled("cpu"))
+        return self.net(inputs)
+
+
 class Recorder(Callback):
     """Records every event it receives, in order, with its first argument where that is an index."""
 

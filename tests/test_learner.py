@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import Recorder, make_classification, make_mlp
+from conftest import AutocastProbe, Recorder, make_classification, make_mlp
 from fitorch import Callback, Learner
 from fitorch.callbacks import History
 
@@ -179,18 +179,6 @@ def test_bf16_mixed_precision_trains_on_cpu(data):
     seen.clear()
     model(x[:2])
     assert seen == [torch.float32]
-
-
-class AutocastProbe(nn.Module):
-    """Records, at every forward, whether autocast is on: the learner's precision must hold in every call."""
-
-    def __init__(self):
-        super().__init__()
-        self.net, self.autocast = make_mlp(), []
-
-    def forward(self, inputs):
-        self.autocast.append(torch.is_autocast_enabled("cpu"))
-        return self.net(inputs)
 
 
 def test_mixed_precision_holds_for_every_call_and_the_model_comes_back_as_it_went_in(data):

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import make_classification, make_mlp  # noqa: E402
+from conftest import AutocastProbe, make_classification, make_mlp  # noqa: E402
 from fitorch import Callback, Learner  # noqa: E402
 from fitorch.callbacks import (  # noqa: E402
     BackupAndRestore,
@@ -157,16 +157,6 @@ def tools(out):
         "samples_per_second": history.history["samples_per_second"],
         "averaged": {key: value.tolist() for key, value in averaging.averaged_model.state_dict().items()},
     }
-
-
-class AutocastProbe(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.net, self.autocast = make_mlp(), []
-
-    def forward(self, inputs):
-        self.autocast.append(torch.is_autocast_enabled("cpu"))
-        return self.net(inputs)
 
 
 def precision(out):
