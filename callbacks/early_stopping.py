@@ -102,6 +102,8 @@ class EarlyStopping(Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
         current = self.monitored.value(logs)  # raises, listing the available keys, when it is missing
+        if current is None:  # an epoch without validation (fit's validation_freq): nothing to judge
+            return
         if epoch < self.start_from_epoch:
             return
         if self.restore_best_weights and self.best_weights is None:

@@ -90,6 +90,8 @@ class ReduceLROnPlateau(Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
         current = self.monitored.value(logs)  # raises, listing the available keys, when it is missing
+        if current is None:  # an epoch without validation (fit's validation_freq): nothing to judge
+            return
         before = self.learner.learning_rates()
         for scheduler in self.schedulers:
             scheduler.step(current)
