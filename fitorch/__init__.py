@@ -16,6 +16,7 @@ from fitorch.losses import LOSSES
 from fitorch.metrics import (
     Accuracy,
     BatchMean,
+    EpochLogs,
     MeanAbsoluteError,
     MeanMetric,
     MeanSquaredError,
@@ -36,6 +37,7 @@ __all__ = [
     "BatchMean",
     "Callback",
     "CallbackList",
+    "EpochLogs",
     "Every",
     "LazyLogs",
     "Learner",

