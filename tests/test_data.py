@@ -383,9 +383,16 @@ def recorded(data, **options):
     return learner
 
 
-def test_tensors_are_fetched_a_batch_at_a_time_in_the_order_a_plain_dataloader_draws(data):
+def test_tensors_are_fetched_a_batch_at_a_time_in_the_order_a_plain_dataloader_draws(monkeypatch):
+    import torch.utils.data._utils.collate as collate
+
+    stacked = []  # torch's per-sample path stacks samples with default_collate: arrays never take it
+    monkeypatch.setattr(collate, "default_collate", lambda batch: stacked.append(len(batch)) or batch)
     x, y = ids_data()
     learner = recorded((x, y), epochs=3, batch_size=8)
+    recorded(TensorDataset(x, y), epochs=1, batch_size=8, validation_split=0.2)
+    monkeypatch.undo()
+    assert stacked == []
     for epoch in range(3):
         generator = torch.Generator().manual_seed(learner.state.shuffle_seed + epoch)
         plain = DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True, generator=generator)
