@@ -402,7 +402,7 @@ class EpochLogs(dict):
 
     def __init__(self, values: Mapping[str, Any] = (), validated: bool = True) -> None:
         super().__init__(values)
-        self.validated = validated
+        self.validated = check_bool(validated, "validated", owner="EpochLogs")
 
 
 class LazyLogs(Mapping):
