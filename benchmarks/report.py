@@ -387,6 +387,14 @@ def results_markdown(raw: Raw, meta: dict[str, Any], workload_notes: dict[str, s
             + "\n\n"
             + markdown_table(IMPORT_HEADER, import_rows(raw))
         )
+    sections.extend(in_process_sections(raw))
+    sections.append("## Columns\n\n" + COLUMNS)
+    return "\n\n".join(section for section in sections if section) + "\n"
+
+
+def in_process_sections(raw: Raw) -> list[str]:
+    """The sections of the measurements taken inside one process: the A/B and the workers comparison."""
+    sections = []
     if "ab" in raw:
         sections.append(
             "## In-process A/B (tiny and cnn)\n\nThe hand-written loop and `Learner.fit(verbose=0)` in one process, "
@@ -401,8 +409,7 @@ def results_markdown(raw: Raw, meta: dict[str, Any], workload_notes: dict[str, s
             "`Learner(num_workers=2)`; medians of 3 interleaved runs in one process; `benchmarks/inprocess.py "
             "workers`.\n\n" + markdown_table(WORKERS_HEADER, workers_rows(raw))
         )
-    sections.append("## Columns\n\n" + COLUMNS)
-    return "\n\n".join(section for section in sections if section) + "\n"
+    return sections
 
 
 COLUMNS = """\

@@ -16,8 +16,8 @@ import functools
 import gc
 import logging
 import os
-from collections.abc import Collection, Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -69,6 +69,22 @@ if TYPE_CHECKING:  # the built-in callbacks import fitorch, so they are imported
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 logger = logging.getLogger("fitorch")
+
+
+def _verbose_for_the_call(method: Callable[..., Any]) -> Callable[..., Any]:
+    """`fit`, `evaluate` and `predict` take `verbose=`: the learner's `verbose` for that call only."""
+
+    @functools.wraps(method)
+    def call(self: Learner, *args: Any, verbose: int | None = None, **kwargs: Any) -> Any:
+        if verbose is None:
+            return method(self, *args, **kwargs)
+        kept, self.verbose = self.verbose, _check_verbose(verbose)
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self.verbose = kept
+
+    return call
 
 
 class Learner:
@@ -274,6 +290,7 @@ class Learner:
         """Whether this process is the one that prints, logs and writes files."""
         return self.accelerator is None or self.accelerator.is_main_process
 
+    @_verbose_for_the_call
     def fit(
         self,
         model: nn.Module,
@@ -333,32 +350,31 @@ class Learner:
         Raises:
             ValueError, TypeError: bad arguments or data, before any training.
         """
-        with self._call_verbosity(verbose):
-            self._check_fit_arguments(model, epochs, initial_epoch, validation_split, validation_data)
-            self._set_fit_data_options(steps_per_epoch, validation_steps, validation_freq, class_weight, sample_weight)
-            self.run_hparams = _merge_hparams(self.hparams, hparams)
-            self.accelerator = self._make_accelerator()
-            # Each pass over the data reseeds the shuffle generator with shuffle_seed + pass (fitorch.passes).
-            shuffle_seed = self.seed if self.seed is not None else int(torch.randint(2**31, ()).item())
-            train_loader, val_loader = self._fit_loaders(
-                model, data, validation_data, validation_split, batch_size, shuffle
-            )
-            if self.seed is not None:
-                seed_everything(self.seed)
-            self._start_call(model, callbacks, training=True, validating=val_loader is not None)
-            train_loader = self.accelerator.prepare(train_loader)
-            val_loader = self.accelerator.prepare(val_loader) if val_loader is not None else None
-            self._call_loaders = [train_loader, val_loader]
-            self.state.start_fit(epochs, initial_epoch, shuffle_seed)
-            self.stop_training, self.exception = False, None
-            try:
-                self._resume(resume)  # `resume`, or a backup a callback offers (BackupAndRestore)
-            except BaseException:
-                self._end_call()
-                raise
-            self.fitting = True
-            self._fit_loop(train_loader, val_loader)
-            return self.history
+        self._check_fit_arguments(model, epochs, initial_epoch, validation_split, validation_data)
+        self._set_fit_data_options(steps_per_epoch, validation_steps, validation_freq, class_weight, sample_weight)
+        self.run_hparams = _merge_hparams(self.hparams, hparams)
+        self.accelerator = self._make_accelerator()
+        # Each pass over the data reseeds the shuffle generator with shuffle_seed + pass (fitorch.passes).
+        shuffle_seed = self.seed if self.seed is not None else int(torch.randint(2**31, ()).item())
+        train_loader, val_loader = self._fit_loaders(
+            model, data, validation_data, validation_split, batch_size, shuffle
+        )
+        if self.seed is not None:
+            seed_everything(self.seed)
+        self._start_call(model, callbacks, training=True, validating=val_loader is not None)
+        train_loader = self.accelerator.prepare(train_loader)
+        val_loader = self.accelerator.prepare(val_loader) if val_loader is not None else None
+        self._call_loaders = [train_loader, val_loader]
+        self.state.start_fit(epochs, initial_epoch, shuffle_seed)
+        self.stop_training, self.exception = False, None
+        try:
+            self._resume(resume)  # `resume`, or a backup a callback offers (BackupAndRestore)
+        except BaseException:
+            self._end_call()
+            raise
+        self.fitting = True
+        self._fit_loop(train_loader, val_loader)
+        return self.history
 
     def _set_fit_data_options(
         self,
@@ -473,6 +489,7 @@ class Learner:
             )
         return path
 
+    @_verbose_for_the_call
     def evaluate(
         self,
         model: nn.Module,
@@ -502,10 +519,10 @@ class Learner:
             ValueError, TypeError: bad arguments or data (inputs without targets among them), before any
                 batch runs.
         """
-        with self._call_verbosity(verbose):
-            self._require_targets(data, "evaluate")
-            return self._inference_call(model, data, batch_size, callbacks, self._evaluate_loader)
+        self._require_targets(data, "evaluate")
+        return self._inference_call(model, data, batch_size, callbacks, self._evaluate_loader)
 
+    @_verbose_for_the_call
     def predict(
         self,
         model: nn.Module,
@@ -538,10 +555,9 @@ class Learner:
             ValueError, TypeError: bad arguments or data, before any batch runs.
         """
         inputs_only = is_tensor_data(data)
-        with self._call_verbosity(verbose):
-            return self._inference_call(
-                model, data, batch_size, callbacks, lambda loader: self._predict_loader(loader, inputs_only)
-            )
+        return self._inference_call(
+            model, data, batch_size, callbacks, lambda loader: self._predict_loader(loader, inputs_only)
+        )
 
     def _inference_call(
         self, model: nn.Module, data: DataLike, batch_size: int | None, callbacks: Sequence[Callback] | None, run: Any
@@ -987,18 +1003,6 @@ class Learner:
             pin_memory=self.accelerator.device.type == "cuda",
             float_dtype=model_float_dtype(model),
         )
-
-    @contextmanager
-    def _call_verbosity(self, verbose: int | None) -> Iterator[None]:
-        """The learner's `verbose`, or the one given to this call for its duration."""
-        if verbose is None:
-            yield
-            return
-        kept, self.verbose = self.verbose, _check_verbose(verbose)
-        try:
-            yield
-        finally:
-            self.verbose = kept
 
     def _start_call(
         self, model: nn.Module, callbacks: Sequence[Callback] | None, training: bool, validating: bool = False
