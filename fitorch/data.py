@@ -3,9 +3,10 @@
 Accepted data (the guide's "Data" section lists every form):
 
 - a `DataLoader`, used as it is;
-- tensors or NumPy arrays: `x`, `(x, y)`, `(x1, x2, ..., y)`, or `({"a": xa, "b": xb}, y)` with a
-  dict of inputs; fitorch builds the loader over an `ArrayDataset`, which fetches a whole batch by
-  indexing each array once with the batch's indices (Keras slices arrays the same way);
+- tensors or NumPy arrays (pandas frames too, read as their values): `x`, `(x, y)`, `(x1, ..., y)`,
+  or `({"a": xa, "b": xb}, y)` with a dict of inputs; fitorch builds the loader over an
+  `ArrayDataset`, which fetches a whole batch by indexing each array once with the batch's indices
+  (Keras slices arrays the same way);
 - a map-style `Dataset` (anything with `__len__` and `__getitem__`, Hugging Face `datasets` too);
   one whose `__getitems__(indices)` returns a whole batch is fetched a batch at a time as well;
 - an `IterableDataset`, or any other iterable of ready batches (a generator, a list of batches).
@@ -71,6 +72,8 @@ def model_float_dtype(model: nn.Module) -> torch.dtype:
 
 
 def _as_tensor(value: Any, label: str, float_dtype: torch.dtype | None) -> torch.Tensor:
+    if _is_frame(value):  # a pandas or polars DataFrame or Series: its values, as Keras takes them
+        value = value.to_numpy()
     if isinstance(value, np.ndarray):
         if value.dtype == object:
             raise TypeError(f"{label} is a NumPy array of Python objects; give numbers (e.g. np.stack the rows).")
@@ -86,10 +89,16 @@ def _as_tensor(value: Any, label: str, float_dtype: torch.dtype | None) -> torch
     return value.to(float_dtype) if float_dtype is not None and value.is_floating_point() else value
 
 
+def _is_frame(value: Any) -> bool:
+    return hasattr(value, "to_numpy") and not isinstance(value, (torch.Tensor, np.ndarray))
+
+
 def _is_array_part(part: Any) -> bool:
     if isinstance(part, Mapping):
-        return len(part) > 0 and all(isinstance(value, (torch.Tensor, np.ndarray)) for value in part.values())
-    return isinstance(part, (torch.Tensor, np.ndarray))
+        return len(part) > 0 and all(
+            isinstance(value, (torch.Tensor, np.ndarray)) or _is_frame(value) for value in part.values()
+        )
+    return isinstance(part, (torch.Tensor, np.ndarray)) or _is_frame(part)
 
 
 def is_tensor_data(data: Any) -> bool:
@@ -134,7 +143,11 @@ class ArrayDataset(Dataset):
         """The batch of the samples at `indices`, as one tuple (or dict) of tensors."""
         # Through NumPy: torch.tensor() of a list of 64 ints takes 20 µs, this 4 µs.
         index = torch.from_numpy(np.asarray(indices, dtype=np.int64))
-        return self._batch(index if self.device.type == "cpu" else index.to(self.device))
+        if self.device.type == "cuda":  # a plain copy would wait for the GPU's queue: a sync per batch
+            index = index.pin_memory().to(self.device, non_blocking=True)
+        elif self.device.type != "cpu":
+            index = index.to(self.device)
+        return self._batch(index)
 
     def _batch(self, index: Any) -> Any:
         if len(self.parts) == 1 and isinstance(self.parts[0], Mapping):
@@ -252,13 +265,13 @@ class IterableBatches(IterableDataset):
 
 def _is_map_style(data: Any) -> bool:
     """Anything with `__len__` and `__getitem__` that is not a container of arrays: `datasets.Dataset`, say."""
-    if isinstance(data, (str, bytes, Mapping, tuple, list, torch.Tensor, np.ndarray)):
+    if isinstance(data, (str, bytes, Mapping, tuple, list, torch.Tensor, np.ndarray)) or _is_frame(data):
         return False
     return hasattr(data, "__len__") and hasattr(data, "__getitem__")
 
 
 def _is_batch_iterable(data: Any) -> bool:
-    if isinstance(data, (str, bytes, Mapping, torch.Tensor, np.ndarray)):
+    if isinstance(data, (str, bytes, Mapping, torch.Tensor, np.ndarray)) or _is_frame(data):
         return False
     if isinstance(data, (tuple, list)):  # a list of batches: each element a batch, not a number
         return len(data) > 0 and all(isinstance(b, (tuple, list, Mapping, torch.Tensor)) for b in data)

@@ -280,6 +280,15 @@ def test_a_used_up_generator_fails_naming_the_fix(data):
         quiet().fit(make_mlp(), [(x, y)], batch_size=8)
 
 
+def test_pandas_frames_are_read_as_their_values_as_keras_reads_them(data):
+    pandas = pytest.importorskip("pandas")
+    x, y = data
+    frame, labels = pandas.DataFrame(x.double().numpy()), pandas.Series(y.numpy().astype("int32"))
+    expected = quiet().fit(make_mlp(), (x, y), epochs=1, shuffle=False).history
+    assert quiet().fit(make_mlp(), (frame, labels), epochs=1, shuffle=False).history == expected
+    assert quiet().predict(make_mlp(), frame).shape == (64, 3)
+
+
 def test_validation_split_of_an_iterable_dataset_is_a_clear_error(data):
     x, y = data
 
