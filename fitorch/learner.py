@@ -232,6 +232,7 @@ class Learner:
         self._validation = ValidationSchedule()
         self._weighting = SampleWeighting()
         self._batches: TrainingBatches | None = None
+        self._epoch_validation: dict[str, float] | None = None  # val_* of the epoch's latest validation
         self._bypass_accelerate_wrappers = False
         self._call_loaders: list[DataLoader | None] = []
 

@@ -10,13 +10,13 @@ of the weighted losses, and accumulation windows stay exact. Metrics are not wei
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
+from fitorch.checks import check_number
 from fitorch.data import arrays_to_dataset, is_tensor_data
 
 
@@ -130,10 +130,7 @@ def _class_weight_list(class_weight: Mapping[int, float] | None) -> list[float] 
             f"class_weight must map every class index 0..K-1 to a weight, got keys {keys}; "
             "give a weight to each class (1.0 keeps a class as it is)."
         )
-    for key, weight in class_weight.items():
-        if not isinstance(weight, numbers.Real) or isinstance(weight, bool) or not weight >= 0:
-            raise ValueError(f"class_weight[{key}] must be a number >= 0, got {weight!r}.")
-    return [float(class_weight[k]) for k in keys]
+    return [check_number(class_weight[key], f"class_weight[{key}]", minimum=0) for key in keys]
 
 
 def _class_of_each_sample(targets: Any, predictions: Any) -> torch.Tensor:
