@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any
@@ -77,7 +78,9 @@ def _as_tensor(value: Any, label: str, float_dtype: torch.dtype | None) -> torch
     if isinstance(value, np.ndarray):
         if value.dtype == object:
             raise TypeError(f"{label} is a NumPy array of Python objects; give numbers (e.g. np.stack the rows).")
-        value = torch.from_numpy(np.ascontiguousarray(value))
+        with warnings.catch_warnings():  # read-only arrays (pandas 3, memory maps): fitorch only reads them
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            value = torch.from_numpy(np.ascontiguousarray(value))
     elif not isinstance(value, torch.Tensor):
         raise TypeError(
             f"{label} must be a torch.Tensor or a NumPy array, got {type(value).__name__}. "
