@@ -92,13 +92,36 @@ def _checkpoint_verdict(raw: Raw, phase: str) -> Verdict:
     return Verdict(target, f"{ratio:.3f}x", ratio <= 1.0)
 
 
+def _ab_ratio(raw: Raw, workload: str, key: str) -> float:
+    runs = raw.get("ab", {}).get(workload, {}).get("runs", {})
+    return _ratio(
+        median([r[key] for r in runs.get("fitorch_verbose0", [])]), median([r[key] for r in runs.get(REFERENCE, [])])
+    )
+
+
+def _ab_verdict(raw: Raw, workload: str, limit: float) -> Verdict:
+    target = f"{workload}: Learner.fit(verbose=0) <= {limit:.2f}x loop, in-process A/B (issue 18)"
+    ratio, cpu_ratio = _ab_ratio(raw, workload, "wall_s"), _ab_ratio(raw, workload, "cpu_s")
+    if ratio != ratio:
+        return Verdict(target, "-", None)
+    return Verdict(target, f"{ratio:.3f}x", ratio <= limit, f"{cpu_ratio:.3f}x ({_met(cpu_ratio, limit)})")
+
+
 def verdicts(raw: Raw) -> list[Verdict]:
-    """The acceptance targets of issue 6, checked against the medians."""
+    """The acceptance targets of issues 6 and 18, checked against the medians."""
     result = [
         _ratio_verdict(raw, "tiny", "fitorch_verbose0", "fit_s", 1.05, "tiny: Learner.fit(verbose=0) <= 1.05x loop"),
         _ratio_verdict(raw, "tiny", "fitorch", "fit_s", 1.10, "tiny: Learner.fit with progress bar <= 1.10x loop"),
         _ratio_verdict(raw, "cnn", "fitorch_verbose0", "fit_s", 1.02, "cnn: Learner.fit(verbose=0) <= 1.02x loop"),
         _ratio_verdict(raw, "cnn", "fitorch", "fit_s", 1.02, "cnn: Learner.fit with progress bar <= 1.02x loop"),
+        _ratio_verdict(
+            raw, "tiny", "fitorch_verbose0", "fit_s", 0.85, "tiny: Learner.fit(verbose=0) <= 0.85x loop (issue 18)"
+        ),
+        _ratio_verdict(
+            raw, "cnn", "fitorch_verbose0", "fit_s", 1.00, "cnn: Learner.fit(verbose=0) <= 1.00x loop (issue 18)"
+        ),
+        _ab_verdict(raw, "tiny", 0.85),
+        _ab_verdict(raw, "cnn", 1.00),
         _import_verdict(raw),
         _checkpoint_verdict(raw, "save"),
         _checkpoint_verdict(raw, "load"),
@@ -218,6 +241,55 @@ IMPORT_HEADER = [
 ]
 
 
+AB_HEADER = ["workload", "rounds", "loop s (median)", "fitorch s (median)", "ratio", "CPU ratio", "other load"]
+
+
+def ab_rows(raw: Raw) -> list[list[str]]:
+    """The in-process A/B: per workload, the medians of the loop and of `Learner.fit(verbose=0)`."""
+    rows = []
+    for workload, result in raw.get("ab", {}).items():
+        runs = result["runs"]
+        loop, fit = (
+            median([r["wall_s"] for r in runs[REFERENCE]]),
+            median([r["wall_s"] for r in runs["fitorch_verbose0"]]),
+        )
+        load = result.get("other_load")
+        rows.append(
+            [
+                workload,
+                str(result["rounds"]),
+                f"{loop:.3f}",
+                f"{fit:.3f}",
+                f"{_ratio(fit, loop):.3f}",
+                f"{_ab_ratio(raw, workload, 'cpu_s'):.3f}",
+                "-" if load is None else f"{load:.2f} cores",
+            ]
+        )
+    return rows
+
+
+WORKERS_HEADER = ["samples", "no workers (default) s", "num_workers=2 s", "ratio", "CPU s, default / 2 workers"]
+
+
+def workers_rows(raw: Raw) -> list[list[str]]:
+    """fit + evaluate + predict of an in-memory Dataset: the default against two worker processes."""
+    rows = []
+    for samples, times in raw.get("workers", {}).get("fit", {}).get("results", {}).items():
+        default, two = times["default"], times["num_workers=2"]
+        wall_default, wall_two = median([t["wall_s"] for t in default]), median([t["wall_s"] for t in two])
+        cpu = f"{median([t['cpu_s'] for t in default]):.3f} / {median([t['cpu_s'] for t in two]):.3f}"
+        rows.append(
+            [
+                f"{int(samples):,}",
+                f"{wall_default:.3f}",
+                f"{wall_two:.3f}",
+                f"{_ratio(wall_two, wall_default):.2f}",
+                cpu,
+            ]
+        )
+    return rows
+
+
 def load_line(raw: Raw, workload: str) -> str:
     """How busy the rest of the machine was during a workload's runs, as one sentence."""
     loads = [
@@ -262,8 +334,12 @@ def console_report(raw: Raw) -> str:
         )
     if "import" in raw:
         parts.append(f"== import  {load_line(raw, 'import')}\n" + text_table(IMPORT_HEADER, import_rows(raw)))
+    if "ab" in raw:
+        parts.append("== in-process A/B\n" + text_table(AB_HEADER, ab_rows(raw)))
+    if "workers" in raw:
+        parts.append("== workers\n" + text_table(WORKERS_HEADER, workers_rows(raw)))
     rows = [[v.target, v.measured, v.mark, v.cpu] for v in verdicts(raw) if v.met is not None]
-    parts.append("== acceptance (issue 6)\n" + text_table(["target", "measured", "met", "by CPU time"], rows))
+    parts.append("== acceptance (issues 6, 18)\n" + text_table(["target", "measured", "met", "by CPU time"], rows))
     return "\n\n".join(parts)
 
 
@@ -292,7 +368,7 @@ def results_markdown(
         ),
         meta.get("note", ""),
         "## Machine\n\n" + machine,
-        "## Acceptance targets (issue 6)\n\n"
+        "## Acceptance targets (issues 6 and 18)\n\n"
         + markdown_table(["target", "measured (wall-clock medians)", "met", "by CPU time"], verdict_rows),
     ]
     if analysis:
@@ -317,9 +393,30 @@ def results_markdown(
             + "\n\n"
             + markdown_table(IMPORT_HEADER, import_rows(raw))
         )
+    sections.extend(in_process_sections(raw))
     sections.append("## Columns\n\n" + COLUMNS)
     sections.append(gpu.strip())
     return "\n\n".join(section for section in sections if section) + "\n"
+
+
+def in_process_sections(raw: Raw) -> list[str]:
+    """The sections of the measurements taken inside one process: the A/B and the workers comparison."""
+    sections = []
+    if "ab" in raw:
+        sections.append(
+            "## In-process A/B (tiny and cnn)\n\nThe hand-written loop and `Learner.fit(verbose=0)` in one process, "
+            "each warmed up by one untimed fit, then run in turns (the order alternating by round), so both see "
+            "the same machine at the same moments; `benchmarks/inprocess.py ab`.\n\n"
+            + markdown_table(AB_HEADER, ab_rows(raw))
+        )
+    if "workers" in raw:
+        sections.append(
+            "## workers\n\n`fit` + `evaluate` + `predict` (one epoch, batch 64, an MLP 64-256-10) of an in-memory "
+            "map-style Dataset (one `__getitem__` per sample) with fitorch's default, no worker processes, against "
+            "`Learner(num_workers=2)`; medians of 3 interleaved runs in one process; `benchmarks/inprocess.py "
+            "workers`.\n\n" + markdown_table(WORKERS_HEADER, workers_rows(raw))
+        )
+    return sections
 
 
 COLUMNS = """\

@@ -5,7 +5,9 @@ Runs every contender of every workload in its own process (`benchmarks/child.py`
 loop, and writes `benchmarks/RESULTS.md` (plus the raw runs as JSON in `benchmarks/out/`).
 
 Workloads: "tiny" (an MLP, where per-step overhead shows), "cnn" (a small conv net), "checkpoint"
-(saving and loading a ResNet-18-sized state) and "import" (`import fitorch` against `import torch`).
+(saving and loading a ResNet-18-sized state), "import" (`import fitorch` against `import torch`),
+"ab" (tiny and cnn again, the loop and `Learner.fit(verbose=0)` interleaved inside one process) and
+"workers" (an in-memory Dataset with no worker processes, fitorch's default, against two).
 
 Example:
     python benchmarks/run.py --workloads tiny --contenders torch,fitorch_verbose0 --repeats 3
@@ -34,7 +36,8 @@ from workloads import WORKLOADS
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-ALL_WORKLOADS = ("tiny", "cnn", "checkpoint", "import")
+ALL_WORKLOADS = ("tiny", "cnn", "checkpoint", "import", "ab", "workers")
+AB_WORKLOADS = ("tiny", "cnn")
 IMPORT_MODULES = ("torch", "fitorch")
 CHILD_TIMEOUT_S = 600
 # One thread everywhere: stable numbers on a shared machine, and no contender gains from threads.
@@ -188,6 +191,23 @@ def run_interleaved(
     return runs
 
 
+def run_in_process(what: str, workload: str, rounds: int, quiet: float = 0.0) -> dict[str, Any]:
+    """One `benchmarks/inprocess.py` measurement (an in-process A/B, or the workers comparison).
+
+    Raises:
+        RuntimeError: the child failed or printed no result.
+    """
+    if quiet:
+        wait_until_quiet(quiet)
+    run = run_process([sys.executable, str(HERE / "inprocess.py"), what, workload, "--rounds", str(rounds)])
+    for line in reversed(run.completed.stdout.splitlines()):
+        if line.startswith("RESULT "):
+            _log(f"{what} {workload}: done in {run.wall_s:.1f} s")
+            return {**json.loads(line.removeprefix("RESULT ")), "other_load": run.other_load}
+    tail = (run.completed.stdout + run.completed.stderr)[-2000:]
+    raise RuntimeError(f"inprocess {what} {workload} failed (exit {run.completed.returncode}):\n{tail}")
+
+
 def run_imports(runs: int, quiet: float = 0.0) -> dict[str, list[dict[str, Any]]]:
     """Time each import `runs` times, interleaved (waiting up to `quiet` seconds for an idle machine first)."""
     times: dict[str, list[dict[str, Any]]] = {module: [] for module in IMPORT_MODULES}
@@ -269,6 +289,10 @@ def measure(args: argparse.Namespace, argv: list[str]) -> tuple[Raw, dict[str, A
     for workload in args.workloads:
         if workload == "import":
             raw["import"] = run_imports(args.import_runs, args.wait_quiet)
+        elif workload == "ab":
+            raw["ab"] = {name: run_in_process("ab", name, args.repeats + 2, args.wait_quiet) for name in AB_WORKLOADS}
+        elif workload == "workers":
+            raw["workers"] = {"fit": run_in_process("workers", "-", 3, args.wait_quiet)}
         elif workload == "checkpoint":
             raw["checkpoint"] = run_interleaved(
                 "checkpoint", list(CHECKPOINT_CONTENDERS), args.repeats, args.wait_quiet

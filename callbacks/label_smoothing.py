@@ -55,6 +55,10 @@ class LabelSmoothing(Callback):
         if self.original_loss_fn is not None:
             self.learner.loss_fn = self.original_loss_fn  # validation reports the true-label loss
 
+    def on_test_end(self, logs: dict[str, Any]) -> None:
+        if self.original_loss_fn is not None and self.learner.fitting:
+            self.learner.loss_fn = self.smoothed_loss_fn  # training goes on after a validation inside an epoch
+
     def on_train_end(self, logs: dict[str, Any]) -> None:
         if self.original_loss_fn is not None:
             self.learner.loss_fn = self.original_loss_fn

@@ -25,6 +25,7 @@ from fitorch.lr_finder import LRFindResult
 from fitorch.metrics import (
     Accuracy,
     BatchMean,
+    EpochLogs,
     LazyLogs,
     MeanAbsoluteError,
     MeanMetric,
@@ -48,6 +49,7 @@ __all__ = [
     "BatchMean",
     "Callback",
     "CallbackList",
+    "EpochLogs",
     "Every",
     "LRFindResult",
     "LazyLogs",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import copy
+import dataclasses
 import functools
 import gc
 import itertools
@@ -18,7 +19,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
@@ -29,29 +30,45 @@ from accelerate.utils import DistributedType, GradientAccumulationPlugin, broadc
 from torch import nn
 from torch.utils.data import DataLoader
 
-from fitorch.callback import Callback, CallbackList, add_note, find_callback
+from fitorch.callback import Callback, CallbackList, Every, add_note, find_callback
 from fitorch.checkpoint import latest_checkpoint, load_checkpoint
 from fitorch.checks import check_bool, check_choice, check_int, check_number, check_path
 from fitorch.compiled import Compiler, compile_options, is_compiled, unwrap_compiled
 from fitorch.data import (
     DataLike,
+    IterableBatches,
     LoaderOptions,
     batch_length,
     call_model,
     concat_outputs,
+    describe_empty,
     is_tensor_data,
+    loader_batches,
     make_loader,
+    model_float_dtype,
     pins_memory,
     split_for_validation,
     to_dataset,
     unpack_batch,
 )
-from fitorch.losses import check_targets, loss_from_outputs, model_predictions, resolve_loss
-from fitorch.metrics import RunningLogs, Tracker, resolve_metrics
+from fitorch.losses import (
+    Criterion,
+    check_targets,
+    loss_from_outputs,
+    loss_kind,
+    model_predictions,
+    prediction_tensor,
+    reads_predictions,
+    resolve_loss,
+)
+from fitorch.metrics import EpochLogs, RunningLogs, Tracker, resolve_metrics
 from fitorch.optimizers import OptimizerSpec, build_optimizers, check_optimizer
+from fitorch.passes import TrainingBatches, first_batches
 from fitorch.preemption import Preempted, PreemptionWatch
 from fitorch.seed import seed_everything
 from fitorch.state import GradientWindow, LoopState
+from fitorch.validation import ValidationSchedule
+from fitorch.weights import SampleWeighting
 
 if TYPE_CHECKING:  # the built-in callbacks import fitorch, so they are imported late at run time
     from fitorch.callbacks import History
@@ -60,6 +77,22 @@ if TYPE_CHECKING:  # the built-in callbacks import fitorch, so they are imported
 MIXED_PRECISION = ("no", "fp16", "bf16")
 _PREPARE_MARKS = ("forward", "_original_forward", "_is_accelerate_prepared")  # what Accelerate sets on a model
 logger = logging.getLogger("fitorch")
+
+
+def _verbose_for_the_call(method: Callable[..., Any]) -> Callable[..., Any]:
+    """`fit`, `evaluate` and `predict` take `verbose=`: the learner's `verbose` for that call only."""
+
+    @functools.wraps(method)
+    def call(self: Learner, *args: Any, verbose: int | None = None, **kwargs: Any) -> Any:
+        if verbose is None:
+            return method(self, *args, **kwargs)
+        kept, self.verbose = self.verbose, _check_verbose(verbose)
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self.verbose = kept
+
+    return call
 
 
 class Learner:
@@ -87,7 +120,9 @@ class Learner:
         cpu: train on the CPU even when a GPU is present.
         verbose: 0 silent, 1 a progress bar per epoch, 2 one line per epoch.
         run_dir: folder for the run's logs and checkpoints; None writes nothing to disk.
-        num_workers: loader workers when fitorch builds the loader; None chooses (0 for tensors).
+        num_workers: worker processes of the loaders fitorch builds; None (the default) means none, which
+            is fastest for in-memory data. Give some for a Dataset whose samples cost real work to
+            load (decoding files, augmentation): docs/performance.md has figures.
         hparams: user hyperparameters, recorded by the logging callbacks.
         compile: compile the model with `torch.compile` for every `fit` (validation included): True
             for its defaults, or a dict of its options (`{"mode": "max-autotune"}`). Checkpoints keep
@@ -111,6 +146,8 @@ class Learner:
         outputs: the outputs of the current batch; `loss` its loss (the one optimised, in training).
         inputs: the inputs of the current training or evaluation batch (a tuple of positional model
             arguments, or the dict of a dict batch); `targets` its targets (None when it has none).
+        sample_weights: the current batch's sample weights (`fit(sample_weight=...)`), None without;
+            `compute_loss` weighs the loss with them.
         logs: the logs of the last epoch (`loss`, metrics, `val_*`, `lr`).
         stop_training: set it to True to stop after the current batch or epoch.
         history: the `History` of the running (or last) fit.
@@ -163,7 +200,7 @@ class Learner:
                 optimizer_options["weight_decay"] = weight_decay
         check_optimizer(optimizer, optimizer_options)
         self.optimizer_spec, self.optimizer_options = optimizer, optimizer_options
-        self.metrics = resolve_metrics(metrics, self.loss_name)
+        self.metrics = resolve_metrics(metrics, self.loss_name, loss_kind(self.loss_fn, self.loss_name))
         self.callbacks = list(callbacks or [])
         if mixed_precision is not None:
             check_choice(mixed_precision, "mixed_precision", MIXED_PRECISION, owner="Learner")
@@ -176,9 +213,7 @@ class Learner:
         )
         self.seed = check_int(seed, "seed", minimum=0, allow_none=True, owner="Learner")
         self.cpu = check_bool(cpu, "cpu", owner="Learner")
-        self.verbose = check_choice(
-            verbose, "verbose (0 silent, 1 progress bar, 2 one line per epoch)", (0, 1, 2), owner="Learner"
-        )
+        self.verbose = _check_verbose(verbose, owner="Learner")
         self.run_dir = check_path(run_dir, "run_dir", allow_none=True, owner="Learner")
         self.num_workers = check_int(num_workers, "num_workers", minimum=0, allow_none=True, owner="Learner")
         self.hparams = dict(hparams or {})
@@ -217,6 +252,15 @@ class Learner:
         self._optimizers_model: nn.Module | None = None
         self._targets_checked = False
         self._shuffle_generator: torch.Generator | None = None
+        # The data options of the running call (fit's steps_per_epoch, validation_freq, weights, ...).
+        self.sample_weights: torch.Tensor | None = None
+        self._criterion = Criterion()
+        self._phase = "training"
+        self._steps_per_epoch: int | None = None
+        self._validation = ValidationSchedule()
+        self._weighting = SampleWeighting()
+        self._batches: TrainingBatches | None = None
+        self._epoch_validation: dict[str, float] | None = None  # val_* of the epoch's latest validation
         self._bypass_accelerate_wrappers = False
         self._call_loaders: list[DataLoader | None] = []
         self._model_attributes: dict[str, Any] = {}
@@ -295,6 +339,7 @@ class Learner:
         """
         return self._valid_samples(self.window.batch_samples)
 
+    @_verbose_for_the_call
     def fit(
         self,
         model: nn.Module,
@@ -305,21 +350,39 @@ class Learner:
         validation_split: float = 0.0,
         batch_size: int | None = None,
         shuffle: bool | None = None,
+        steps_per_epoch: int | None = None,
+        validation_steps: int | None = None,
+        validation_freq: int | Collection[int] | Every = 1,
+        class_weight: Mapping[int, float] | None = None,
+        sample_weight: Any = None,
         callbacks: Sequence[Callback] | None = None,
         initial_epoch: int = 0,
         resume: str | os.PathLike | bool | None = None,
         hparams: Mapping[str, Any] | None = None,
+        verbose: int | None = None,
     ) -> History:
         """Train `model` on `data` for `epochs` epochs and return the `History`.
 
         Args:
             model: the model; it is trained in place and also available as `learner.model`.
-            data: a DataLoader, a Dataset, or a tuple `(x, y)` / `(x1, x2, ..., y)` of tensors or arrays.
+            data: a DataLoader, a Dataset, tensors or arrays (`(x, y)`, `(x1, x2, ..., y)`,
+                `({"a": xa, "b": xb}, y)`), or an iterable of batches such as a generator (the guide's
+                "Data" section lists every form).
             epochs: index of the last epoch to train (as in Keras: with `initial_epoch`, the total).
             validation_data: data to evaluate at the end of every epoch, in the same forms as `data`.
             validation_split: fraction of `data` (the last samples, before shuffling) kept for validation.
             batch_size: batch size when fitorch builds the loader (default 32).
             shuffle: shuffle each epoch when fitorch builds the loader (default True).
+            steps_per_epoch: batches per epoch; an epoch then takes the next batches of an endless stream
+                of passes over the data (as in Keras), so an endless generator needs it.
+            validation_steps: batches per validation run (all by default).
+            validation_freq: when to validate: every n-th epoch (an int), after the listed epochs
+                (counted from 1), or every n optimizer steps (`Every(n)`); `fitorch.validation` says
+                where the values go.
+            class_weight: `{class index: weight}` for every class: each training sample's loss is
+                weighted by its class, as in Keras.
+            sample_weight: one weight per sample of `(x, y)` arrays (an array or tensor), or True when
+                every batch ends with its weights, `(inputs..., targets, weights)`.
             callbacks: extra callbacks for this call, after the learner's own.
             initial_epoch: epoch to start at (to continue an earlier run).
             resume: a checkpoint directory to continue from exactly (model, optimizer, counters,
@@ -332,6 +395,7 @@ class Learner:
                 newer state of this same fit (docs/checkpoints.md).
             hparams: hyperparameters of this fit, merged over `Learner(hparams=...)` into
                 `learner.run_hparams`; train.log and TensorBoard record them.
+            verbose: the learner's `verbose` for this call only.
 
         Returns:
             The `fitorch.callbacks.History`: `history.history["val_loss"]` is a list, one value per epoch.
@@ -340,11 +404,14 @@ class Learner:
             ValueError, TypeError: bad arguments or data, before any training.
         """
         self._check_fit_arguments(model, epochs, initial_epoch, validation_split, validation_data)
+        self._set_fit_data_options(steps_per_epoch, validation_steps, validation_freq, class_weight, sample_weight)
         self.run_hparams = _merge_hparams(self.hparams, hparams)
         self.accelerator = self._make_accelerator()
-        # Each epoch reseeds the shuffle generator with shuffle_seed + epoch (see _epoch_batches).
+        # Each pass over the data reseeds the shuffle generator with shuffle_seed + pass (fitorch.passes).
         shuffle_seed = self.seed if self.seed is not None else int(torch.randint(2**31, ()).item())
-        train_loader, val_loader = self._fit_loaders(data, validation_data, validation_split, batch_size, shuffle)
+        train_loader, val_loader = self._fit_loaders(
+            model, data, validation_data, validation_split, batch_size, shuffle
+        )
         if self.seed is not None:
             seed_everything(self.seed)
         self._start_call(model, callbacks, training=True, validating=val_loader is not None)
@@ -352,7 +419,7 @@ class Learner:
         val_loader = self.accelerator.prepare(val_loader) if val_loader is not None else None
         self._call_loaders = [train_loader, val_loader]
         self.state.start_fit(epochs, initial_epoch, shuffle_seed)
-        self.num_batches = _length(train_loader)  # a resume checks its batch against it
+        self.num_batches = self._training_batches(train_loader).per_epoch  # a resume checks its batch against it
         self.stop_training, self.exception, self.resumed, self.preempted = False, None, False, None
         self._preemption.install()
         vars(model).pop("stop_training", None)  # Keras's flag belongs to the fit that sets it
@@ -397,28 +464,80 @@ class Learner:
                 candidate.generator = self._shuffle_generator
         loader.generator = self._shuffle_generator  # worker seeds are drawn from it
 
+    def _set_fit_data_options(
+        self,
+        steps_per_epoch: int | None,
+        validation_steps: int | None,
+        validation_freq: Any,
+        class_weight: Mapping[int, float] | None,
+        sample_weight: Any,
+    ) -> None:
+        self._steps_per_epoch = check_int(steps_per_epoch, "steps_per_epoch", minimum=1, allow_none=True)
+        self._validation = ValidationSchedule(validation_freq, validation_steps)
+        self._weighting = SampleWeighting(class_weight, sample_weight)
+        if self._weighting.active:
+            if self.loss_fn is None:
+                raise ValueError(
+                    "class_weight and sample_weight weigh the learner's loss, but this learner has none (the model "
+                    "computes its own). Pass loss=... to Learner, or weigh the samples inside the model's loss."
+                )
+            self._criterion.unreduced(self.loss_fn)  # raises for a loss that cannot be had per sample
+
     def _fit_loaders(
         self,
+        model: nn.Module,
         data: DataLike,
         validation_data: DataLike | None,
         validation_split: float,
         batch_size: int | None,
         shuffle: bool | None,
     ) -> tuple[DataLoader, DataLoader | None]:
-        options = self._loader_options(batch_size, shuffle)
+        options = self._loader_options(batch_size, shuffle, model)
         self._shuffle_generator = options.generator = torch.Generator()
+        self._require_targets(data, "fit")
+        data = self._weighting.add_to(data, validation_split, options.float_dtype)
         if validation_split:
-            dataset = to_dataset(data, "data")
+            dataset = to_dataset(data, "data", options.float_dtype)
             if dataset is None:
                 raise ValueError("validation_split needs tensors or a Dataset, not a DataLoader; pass validation_data.")
             data, validation_data = split_for_validation(dataset, validation_split)
-        train_loader = make_loader(data, "data", options, train=True)
+        train_loader = self._checked_loader(make_loader(data, "data", options, train=True), "data")
         if isinstance(data, DataLoader):
             self._own_the_shuffle(train_loader, "data")
         if validation_data is None:
             return train_loader, None
-        eval_options = LoaderOptions(batch_size, None, options.num_workers, options.pin_memory)
-        return train_loader, make_loader(validation_data, "validation_data", eval_options, train=False)
+        eval_options = dataclasses.replace(options, shuffle=None, generator=None, steps=self._validation.steps)
+        val_loader = make_loader(validation_data, "validation_data", eval_options, train=False)
+        return train_loader, self._checked_loader(val_loader, "validation_data")
+
+    def _checked_loader(self, loader: DataLoader, name: str) -> DataLoader:
+        """`loader`, unless it cannot work: no batches at all, or batches from a generator under several processes.
+
+        Raises:
+            ValueError: saying why.
+        """
+        if loader_batches(loader) == 0:
+            raise ValueError(describe_empty(loader, name))
+        if isinstance(loader.dataset, IterableBatches) and self.accelerator.num_processes > 1:
+            raise ValueError(
+                f"{name} is an iterable of batches, which cannot be shared out among "
+                f"{self.accelerator.num_processes} processes; give a Dataset or tensors, which fitorch shards."
+            )
+        return loader
+
+    def _require_targets(self, data: DataLike, call: str) -> None:
+        """Refuse inputs alone (`fit(model, x)`) where the loss or the metrics need targets.
+
+        Raises:
+            ValueError: naming the fix.
+        """
+        alone = (
+            is_tensor_data(data)
+            and not isinstance(data, Mapping)
+            and (not isinstance(data, (tuple, list)) or len(data) == 1)
+        )
+        if alone and (self.loss_fn is not None or (call == "evaluate" and self.metrics)):
+            raise ValueError(_no_targets_message(call, self.loss_name))
 
     def _resume(self, resume: str | os.PathLike | bool | None) -> None:
         """Restore the fit from a callback's offered checkpoint, from `resume`, or from neither.
@@ -491,6 +610,7 @@ class Learner:
             logger.info("fit(resume='auto'): the earlier attempt saved no checkpoint; its logs moved to %s.", aside)
         self.accelerator.wait_for_everyone()  # no process writes before the earlier logs are aside
 
+    @_verbose_for_the_call
     def evaluate(
         self,
         model: nn.Module,
@@ -498,6 +618,7 @@ class Learner:
         *,
         batch_size: int | None = None,
         callbacks: Sequence[Callback] | None = None,
+        verbose: int | None = None,
     ) -> dict[str, float]:
         """Evaluate `model` on `data` and return the logs, e.g. `{"loss": 0.21, "accuracy": 0.93}`.
 
@@ -506,18 +627,23 @@ class Learner:
 
         Args:
             model: the model to evaluate (in eval mode, without gradients).
-            data: a DataLoader, a Dataset, or a tuple `(x, y)` / `(x1, x2, ..., y)` of tensors or arrays.
+            data: a DataLoader, a Dataset, tensors or arrays `(x, y)` / `(x1, x2, ..., y)`, or an iterable
+                of batches; the batches must carry targets (for outputs alone, use `predict`).
             batch_size: batch size when fitorch builds the loader (default 32).
             callbacks: extra callbacks for this call, after the learner's own.
+            verbose: the learner's `verbose` for this call only.
 
         Returns:
             The loss (when there is one) and every metric, by name.
 
         Raises:
-            ValueError, TypeError: bad arguments or data, before any batch runs.
+            ValueError, TypeError: bad arguments or data (inputs without targets among them), before any
+                batch runs.
         """
+        self._require_targets(data, "evaluate")
         return self._inference_call(model, data, batch_size, callbacks, self._evaluate_loader)
 
+    @_verbose_for_the_call
     def predict(
         self,
         model: nn.Module,
@@ -525,6 +651,7 @@ class Learner:
         *,
         batch_size: int | None = None,
         callbacks: Sequence[Callback] | None = None,
+        verbose: int | None = None,
     ) -> Any:
         """Run `model` over `data` and return its outputs concatenated in dataset order, on the CPU.
 
@@ -535,9 +662,11 @@ class Learner:
 
         Args:
             model: the model to run (in eval mode, without gradients).
-            data: inputs (a tensor, an array, or a tuple of them), a Dataset or a DataLoader.
+            data: inputs (a tensor, an array, a tuple of them, or a dict of them), a Dataset, a DataLoader
+                or an iterable of batches.
             batch_size: batch size when fitorch builds the loader (default 32).
             callbacks: extra callbacks for this call, after the learner's own.
+            verbose: the learner's `verbose` for this call only.
 
         Returns:
             The outputs of every sample in dataset order, on the CPU: a tensor, or a tuple or dict of
@@ -621,8 +750,12 @@ class Learner:
     def _inference_call(
         self, model: nn.Module, data: DataLike, batch_size: int | None, callbacks: Sequence[Callback] | None, run: Any
     ) -> Any:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
         self.accelerator = self._make_accelerator()
-        loader = make_loader(data, "data", self._loader_options(batch_size, None), train=False)
+        self._steps_per_epoch, self._validation, self._weighting = None, ValidationSchedule(), SampleWeighting()
+        loader = make_loader(data, "data", self._loader_options(batch_size, None, model), train=False)
+        self._checked_loader(loader, "data")
         self._start_call(model, callbacks, training=False)
         self._call_loaders = [self.accelerator.prepare(loader)]
         try:
@@ -686,15 +819,31 @@ class Learner:
             outputs: what the model returned.
             targets: the batch's targets (None for dict batches whose model computes the loss).
 
+        The learner's loss reads `outputs.logits` or the first element of tuple outputs when it is a
+        name or a torch loss module, weighs the samples (`fit(class_weight=..., sample_weight=...)`,
+        `learner.sample_weights`), and takes class indices of any integer dtype.
+
         Raises:
-            ValueError, TypeError: on the first batch, targets that cannot work with a named loss.
+            ValueError, TypeError: on the first batch, targets that cannot work with a named loss; on any
+                batch, missing targets or class indices out of range.
         """
         if self.loss_fn is None:
             return loss_from_outputs(outputs)
+        if targets is None:
+            raise ValueError(_no_targets_message("fit" if self._phase == "training" else "evaluate", self.loss_name))
         if not self._targets_checked:
-            check_targets(self.loss_name, outputs, targets)
+            check_targets(self.loss_name, prediction_tensor(outputs), targets)
             self._targets_checked = True
-        return self.loss_fn(outputs, targets)
+        return self._loss_value(outputs, targets, self.sample_weights)
+
+    def _loss_value(self, outputs: Any, targets: Any, sample_weights: torch.Tensor | None) -> torch.Tensor:
+        """The loss of `outputs` against `targets`: what it reads of the outputs, weights, target dtypes (Criterion)."""
+        weights = None
+        if self._weighting.active:
+            predictions = prediction_tensor(outputs) if reads_predictions(self.loss_fn, self.loss_name) else outputs
+            weights = self._weighting.weights(sample_weights, targets, predictions, training=self._phase == "training")
+        where = (self._phase, self.state.epoch, self.state.batch)
+        return self._criterion(self.loss_fn, self.loss_name, outputs, targets, weights, where)
 
     def backward(self, loss: torch.Tensor) -> None:
         """Backpropagate `loss` through Accelerate, firing `on_before_backward` and `on_after_backward`.
@@ -778,19 +927,23 @@ class Learner:
 
     def _run_epoch(self, epoch: int, train_loader: DataLoader, val_loader: DataLoader | None) -> None:
         self.state.start_epoch(epoch)
-        self.logs, self.num_batches = {}, _length(train_loader)
+        self._epoch_validation = None
+        self.logs, self.num_batches = {}, self._training_batches(train_loader).per_epoch
         self.active_callbacks.fire("on_epoch_begin", self.epoch, self.logs)
-        logs = self._train_epoch(train_loader)
+        logs = self._train_epoch(train_loader, val_loader)
         if self.preempted is not None:
             return  # stop inside the epoch: its checkpoint resumes with the next batch, validation to come
-        if val_loader is not None:
-            logs.update({f"val_{key}": value for key, value in self._evaluate_loader(val_loader).items()})
+        if val_loader is not None and self._validation.epoch_due(epoch):
+            self._epoch_validation = {f"val_{key}": value for key, value in self._evaluate_loader(val_loader).items()}
+        # Without validation in this epoch (validation_freq), the logs say so: monitors skip the epoch.
+        logs = EpochLogs(logs, validated=val_loader is None or self._epoch_validation is not None)
+        logs.update(self._epoch_validation or {})
         logs.update(self.learning_rates())
         self.logs, self.state.epoch_complete = logs, True
         self.active_callbacks.fire("on_epoch_end", self.epoch, logs)
         self._agree_to_stop()
 
-    def _train_epoch(self, loader: DataLoader) -> dict[str, float]:
+    def _train_epoch(self, loader: DataLoader, val_loader: DataLoader | None = None) -> dict[str, float]:
         callbacks, tracker, state = self.active_callbacks, self._train_tracker, self.state
         tracker.reset()
         if state.resumed_sums:  # resuming inside this epoch: count the batches trained before the resume
@@ -801,59 +954,116 @@ class Learner:
             state.resumed_sums = None
         running_logs = RunningLogs(tracker)
         self.window.reset()
+        first, index = state.skip_batches, None
         for index, batch in self._epoch_batches(loader):
-            state.batch, state.step_taken = index, False
+            state.batch, state.step_taken, self._phase = index, False, "training"
             self.loss = self.outputs = None  # until this batch computes them
             if self.window.starts_window:
                 self._backward_calls = 0
             if not self.prepared_model.training:
                 self.prepared_model.train()  # validation or a callback may have switched to eval
             callbacks.fire("on_train_batch_begin", index, {})
+            batch, self.sample_weights = self._weighting.split(batch, self._weighting.train_batches)
             self.inputs, self.targets = unpack_batch(batch)
             targets = self.targets
             samples = batch_length(targets if targets is not None else batch)
-            last = self.window.accumulating and self.accelerator.gradient_state.end_of_dataloader
-            self.sync_gradients = self.window.add(index, samples, end_of_data=last)
+            self.sync_gradients = self.window.add(index, samples, end_of_data=self._ends_epoch(index))
             with self._gradient_sync():
                 self.loss, self.outputs = self.train_step(batch)
             state.batches_done = index + 1
             running_logs.settle_kept()
             self._track(tracker, self.loss, self.outputs, targets)
-            callbacks.fire("on_train_batch_end", index, running_logs())
+            callbacks.fire("on_train_batch_end", index, self._validate_within_epoch(val_loader, running_logs))
             if self._agree_to_stop():
                 break
         running_logs.settle_kept()
+        self._check_epoch_batches(first, index)
         return tracker.results(**self._reduce_options())
+
+    def _ends_epoch(self, index: int) -> bool:
+        """Whether training batch `index` closes the epoch's last accumulation window."""
+        if not self.window.accumulating:
+            return False
+        if self._steps_per_epoch is not None:
+            return index + 1 == self._steps_per_epoch
+        return self.accelerator.gradient_state.end_of_dataloader
+
+    def _validate_within_epoch(self, val_loader: DataLoader | None, running_logs: Any) -> Any:
+        """The batch logs, with the `val_*` of a validation run after this batch when one is due (`Every(n)`)."""
+        if val_loader is None or not self._validation.step_due(self):
+            return running_logs()
+        kept = (self.state.batch, self.num_batches, self.loss, self.outputs, self.sample_weights)
+        values = {f"val_{key}": value for key, value in self._evaluate_loader(val_loader).items()}
+        self.state.batch, self.num_batches, self.loss, self.outputs, self.sample_weights = kept
+        self._phase, self._epoch_validation = "training", values
+        logs = running_logs()
+        logs.update(values)  # computes this batch's running values now: a validation just ran anyway
+        return logs
+
+    def _check_epoch_batches(self, first: int, last: int | None) -> None:
+        """Raise when the epoch got fewer batches than it must (a used-up generator), after reading the guard.
+
+        Raises:
+            ValueError: no batch at all, or fewer than `steps_per_epoch`.
+        """
+        self._criterion.guard.verify()
+        trained = 0 if last is None else last + 1 - first
+        wanted = None if self._steps_per_epoch is None else self._steps_per_epoch - first
+        if (trained == 0 and first == 0) or (wanted is not None and trained < wanted and not self.stop_training):
+            raise ValueError(
+                f"data ran out in epoch {self.epoch + 1} after {trained} batches"
+                + (f" of steps_per_epoch={self._steps_per_epoch}" if wanted is not None else "")
+                + ". A generator is used up after one pass: make it endless (while True: ... yield batch) and pass "
+                "steps_per_epoch, or give a list, a Dataset or tensors, which fitorch reads again every epoch."
+            )
 
     def _evaluate_loader(self, loader: DataLoader) -> dict[str, float]:
         callbacks, tracker = self.active_callbacks, self._test_tracker
         tracker.reset()
         running_logs = RunningLogs(tracker)
+        phase, self._phase = self._phase, "validation" if self.fitting else "evaluation"
         self.prepared_model.eval()
-        self.num_batches = _length(loader)
+        steps = self._validation.steps if self.fitting else None
+        self.num_batches = loader_batches(loader) if steps is None else min(steps, loader_batches(loader) or steps)
         callbacks.fire("on_test_begin", {})
         with torch.no_grad():
-            for self.batch, batch in enumerate(loader):
-                callbacks.fire("on_test_batch_begin", self.batch, {})
-                self.inputs, self.targets = unpack_batch(batch)
-                self.loss, self.outputs = self.test_step(batch)
-                running_logs.settle_kept()
-                self._track(tracker, self.loss, self.outputs, self.targets)
-                callbacks.fire("on_test_batch_end", self.batch, running_logs())
-        running_logs.settle_kept()
+            self._evaluate_batches(first_batches(loader, steps), tracker, running_logs)
         results = tracker.results(**self._reduce_options())
         callbacks.fire("on_test_end", results)
+        self._phase = phase
         return results
+
+    def _evaluate_batches(self, batches: Iterator[Any], tracker: Tracker, running_logs: RunningLogs) -> None:
+        callbacks, weighted = self.active_callbacks, self.fitting and self._weighting.validation_batches
+        ran = False
+        for self.batch, batch in enumerate(batches):
+            ran = True
+            callbacks.fire("on_test_batch_begin", self.batch, {})
+            batch, self.sample_weights = self._weighting.split(batch, weighted)
+            self.inputs, self.targets = unpack_batch(batch)
+            if self.targets is None and (self.loss_fn is not None or self.metrics):
+                raise ValueError(_no_targets_message("evaluate", self.loss_name))
+            self.loss, self.outputs = self.test_step(batch)
+            running_logs.settle_kept()
+            self._track(tracker, self.loss, self.outputs, self.targets)
+            callbacks.fire("on_test_batch_end", self.batch, running_logs())
+        running_logs.settle_kept()
+        self._criterion.guard.verify()
+        if not ran:
+            raise ValueError(
+                f"{'validation_data' if self.fitting else 'data'} gave no batches to evaluate; a generator is used "
+                "up after one pass: pass validation_steps with an endless one, or a list, a Dataset or tensors."
+            )
 
     def _predict_loader(self, loader: DataLoader, inputs_only: bool) -> Any:
         callbacks, chunks = self.active_callbacks, []
         self.prepared_model.eval()
-        self.num_batches = _length(loader)
+        self.num_batches = loader_batches(loader)
         callbacks.fire("on_predict_begin", {})
         with torch.no_grad():
             for self.batch, batch in enumerate(loader):
                 callbacks.fire("on_predict_batch_begin", self.batch, {})
-                if inputs_only:  # predict(model, (x1, x2)): every tensor is an input, none is a target
+                if inputs_only and not isinstance(batch, Mapping):  # predict(model, (x1, x2)): all are inputs
                     batch = (*batch, None)
                 outputs = self.predict_step(batch)
                 if self.accelerator.num_processes > 1:
@@ -919,21 +1129,32 @@ class Learner:
         return self.accelerator.no_sync(self.prepared_model)  # skip the all-reduce inside a window
 
     def _epoch_batches(self, loader: DataLoader) -> Iterator[tuple[int, Any]]:
-        # A seed per epoch makes the epoch's order, and the seeds of its loader workers (drawn from the
-        # same generator when the workers start, every epoch), a pure function of (seed, epoch): a
-        # resumed run draws exactly what the uninterrupted run drew.
-        self._shuffle_generator.manual_seed(self.state.shuffle_seed + self.epoch)
         skip, self.state.skip_batches = self.state.skip_batches, 0
-        if not skip:
-            return enumerate(loader)
+        return self._training_batches(loader).epoch(self.epoch, skip)
+
+    def _training_batches(self, loader: DataLoader) -> TrainingBatches:
+        if self._batches is None or self._batches.loader is not loader:
+            self._batches = TrainingBatches(
+                loader, self._steps_per_epoch, self._skip_first_batches, self._reseed_shuffle
+            )
+        return self._batches
+
+    def _skip_first_batches(self, loader: DataLoader, skip: int) -> Any:
         if loader.num_workers:
             # Workers draw their own random numbers (augmentations): fetch the skipped batches and drop
             # them, so each worker's generator reaches the resume point as it did in the first run.
-            return itertools.islice(enumerate(loader), skip, None)
-        return enumerate(self.accelerator.skip_first_batches(loader, skip), start=skip)
+            return itertools.islice(loader, skip, None)
+        return self.accelerator.skip_first_batches(loader, skip)
+
+    def _reseed_shuffle(self, data_pass: int) -> None:
+        if self._shuffle_generator is not None:
+            # A seed per pass makes the pass's order, and the seeds of its loader workers (drawn from the
+            # same generator when the workers start, every pass), a pure function of (seed, pass): a
+            # resumed run draws exactly what the uninterrupted run drew.
+            self._shuffle_generator.manual_seed(self.state.shuffle_seed + data_pass)
 
     def _track(self, tracker: Tracker, loss: torch.Tensor | None, outputs: Any, targets: Any) -> None:
-        predictions = model_predictions(outputs)
+        predictions = prediction_tensor(outputs)
         count = batch_length(targets if targets is not None else predictions)
         valid = self._valid_samples(count)
         if valid < count:  # the distributed sampler padded this batch with repeated samples
@@ -941,7 +1162,8 @@ class Learner:
                 return
             predictions, targets = predictions[:valid], targets[:valid] if targets is not None else None
             if self.loss_fn is not None and targets is not None:
-                loss = self.loss_fn(predictions, targets)
+                weights = self.sample_weights[:valid] if self.sample_weights is not None else None
+                loss = self._loss_value(predictions, targets, weights)
             count = valid
         tracker.update(loss, predictions, targets, count)
 
@@ -1036,7 +1258,7 @@ class Learner:
             self.grad_accum_steps = int(os.environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "1"))
         return accelerator
 
-    def _loader_options(self, batch_size: int | None, shuffle: bool | None) -> LoaderOptions:
+    def _loader_options(self, batch_size: int | None, shuffle: bool | None, model: nn.Module) -> LoaderOptions:
         check_int(batch_size, "batch_size", minimum=1, allow_none=True)
         if shuffle is not None:
             check_bool(shuffle, "shuffle")
@@ -1045,6 +1267,7 @@ class Learner:
             shuffle=shuffle,
             num_workers=self.num_workers,
             pin_memory=pins_memory(self.accelerator.device),
+            float_dtype=model_float_dtype(model),
         )
 
     def _start_call(
@@ -1065,6 +1288,8 @@ class Learner:
         )
         self.window = GradientWindow(self.grad_accum_steps)
         self._targets_checked = False
+        self._batches, self.sample_weights, self._phase = None, None, "training"
+        self._criterion.guard.reset()
         if training:
             if self._optimizers_model is not self.model:  # a new model gets new optimizers; the same one keeps state
                 self._raw_optimizers = build_optimizers(self.optimizer_spec, self.model, self.optimizer_options)
@@ -1141,7 +1366,7 @@ class Learner:
                 else:
                     vars(self.model).pop(name, None)
         workers = any(getattr(loader, "num_workers", 0) for loader in self._call_loaders)
-        self._call_loaders = []
+        self._call_loaders, self._batches = [], None
         if self.prepared_model is not self.model or workers:
             # Drop every reference to the DDP wrapper (the last graph holds its gradient hooks): one
             # still alive when the process group is destroyed at exit aborts the process and the job.
@@ -1214,11 +1439,21 @@ def _holds_something(path: str) -> bool:
     return os.path.isfile(path) or (os.path.isdir(path) and any(os.scandir(path)))
 
 
-def _length(loader: DataLoader) -> int | None:
-    try:
-        return len(loader)
-    except TypeError:  # an iterable dataset without __len__
-        return None
+def _check_verbose(verbose: Any, owner: str | None = None) -> int:
+    return check_choice(verbose, "verbose (0 silent, 1 progress bar, 2 one line per epoch)", (0, 1, 2), owner=owner)
+
+
+def _no_targets_message(call: str, loss_name: str | None) -> str:
+    loss = f"loss={loss_name!r}" if loss_name else "the loss"
+    if call == "evaluate":
+        return (
+            "evaluate needs targets to compute the loss and the metrics, but the batches carry inputs only. "
+            "Pass (x, y); for the model's outputs on inputs alone, use learner.predict(model, x)."
+        )
+    return (
+        f"{loss} needs targets, but the batches carry inputs only (fit(model, x)). Pass (x, y), batches "
+        "(inputs, targets), or dict batches with 'labels'; or use loss=None for a model that returns its own loss."
+    )
 
 
 def _detached(value: Any, device: str | None = None) -> Any:

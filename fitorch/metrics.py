@@ -92,6 +92,7 @@ class Accuracy(MeanMetric):
     """
 
     name = "accuracy"
+    regression_loss: str | None = None  # set by resolve_metrics: then only one-hot targets make sense
 
     def __init__(self, threshold: float = 0.5, from_logits: bool | None = None) -> None:
         super().__init__()
@@ -99,6 +100,8 @@ class Accuracy(MeanMetric):
         self.from_logits = None if from_logits is None else check_bool(from_logits, "from_logits", owner="Accuracy")
 
     def values(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.regression_loss is not None:
+            _check_one_hot(self.name, self.regression_loss, outputs, targets)
         if outputs.ndim >= 2 and outputs.shape[1] > 1:
             predicted = outputs.argmax(dim=1)
             if targets.shape == outputs.shape:  # one-hot or probability targets
@@ -110,23 +113,47 @@ class Accuracy(MeanMetric):
 
 
 class TopKAccuracy(MeanMetric):
-    """Fraction of samples whose target is among the `k` highest scores (k is capped at the class count).
+    """Fraction of samples whose target is among the `k` highest scores.
 
     Args:
-        k: how many of the top classes count as a hit.
+        k: how many of the top classes count as a hit; it must be below the number of classes
+            (with `k` classes or more every sample is a hit, and the metric says nothing).
+
+    Raises:
+        ValueError: on the first batch, outputs with `k` classes or fewer.
     """
 
     name = "top_k_accuracy"
+    regression_loss: str | None = None  # set by resolve_metrics: then only one-hot targets make sense
 
     def __init__(self, k: int = 5) -> None:
         super().__init__()
         self.k = check_int(k, "k", minimum=1, owner="TopKAccuracy")
 
     def values(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.regression_loss is not None:
+            _check_one_hot(self.name, self.regression_loss, outputs, targets)
+        if outputs.ndim < 2 or self.k >= outputs.shape[1]:
+            classes = outputs.shape[1] if outputs.ndim >= 2 else 1
+            raise ValueError(
+                f"top_k_accuracy with k={self.k} and {classes} classes counts every sample as a hit (always 1.0); "
+                f"use TopKAccuracy(k) with k below {classes}, or 'accuracy'."
+            )
         if targets.shape == outputs.shape:
             targets = targets.argmax(dim=1)
-        top = outputs.topk(min(self.k, outputs.shape[1]), dim=1).indices
+        top = outputs.topk(self.k, dim=1).indices
         return (top == targets.unsqueeze(1)).any(dim=1)
+
+
+def _check_one_hot(metric: str, loss: str, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+    """Refuse a class metric under a regression loss unless the targets are one-hot (one column per class)."""
+    if outputs.ndim == 2 and outputs.shape[1] > 1 and targets.shape == outputs.shape:
+        return  # a regression onto one-hot targets: the largest output is the predicted class
+    raise ValueError(
+        f"metric {metric!r} compares predicted classes, but loss={loss} is a regression loss and the targets "
+        f"(shape {tuple(targets.shape)}) are values, not one-hot classes (outputs {tuple(outputs.shape)}): "
+        "the result would mean nothing. Use 'mae' or 'mse' as metrics, or a classification loss."
+    )
 
 
 def _difference(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -186,11 +213,37 @@ def _snake_case(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
-def resolve_metrics(metrics: Sequence[Any] | None, loss_name: str | None = None) -> dict[str, Any]:
+# The built-in metrics that compare predicted classes, and those that compare values: each makes no
+# sense with the other kind of loss (accuracy of a regression is a number, and a meaningless one).
+_CLASS_METRICS = (Accuracy, TopKAccuracy)
+_VALUE_METRICS = (MeanAbsoluteError, MeanSquaredError)
+
+
+def _check_applies(name: str, metric: Any, loss_name: str | None, loss_kind: str | None) -> None:
+    loss = repr(loss_name) if loss_name else "this loss"
+    if isinstance(metric, _CLASS_METRICS) and loss_kind == "regression":
+        metric.regression_loss = loss  # checked on the first batch: only one-hot targets make sense
+    if isinstance(metric, _VALUE_METRICS) and loss_kind == "class indices":
+        raise ValueError(
+            f"metric {name!r} compares values, but loss={loss} takes class indices as targets, so the difference "
+            "between class scores and class numbers means nothing. Use 'accuracy' or 'top_k_accuracy'."
+        )
+
+
+def resolve_metrics(
+    metrics: Sequence[Any] | None, loss_name: str | None = None, loss_kind: str | None = None
+) -> dict[str, Any]:
     """Turn the `metrics` argument into `{log name: metric object}`.
 
+    Args:
+        metrics: the `metrics` argument of `Learner`.
+        loss_name: the loss's name, when it was given by name (`"bce"` makes accuracy read probabilities).
+        loss_kind: what the loss compares (`fitorch.losses.loss_kind`); built-in metrics that cannot
+            apply to it are refused.
+
     Raises:
-        ValueError: an unknown metric name (the message lists the known ones), or two metrics with one name.
+        ValueError: an unknown metric name (the message lists the known ones), two metrics with one
+            name, or a built-in metric that cannot apply to the loss (accuracy with `"mse"`).
         TypeError: an entry that is neither a name, a callable nor a metric object.
     """
     if metrics is None:
@@ -218,6 +271,7 @@ def resolve_metrics(metrics: Sequence[Any] | None, loss_name: str | None = None)
             )
         if isinstance(obj, Accuracy) and obj.from_logits is None:
             obj.from_logits = loss_name != "bce"
+        _check_applies(name, obj, loss_name, loss_kind)
         if name in resolved or name == "loss":
             raise ValueError(f"Two metrics would be logged as {name!r}; give one of them another name.")
         resolved[name] = obj
@@ -301,16 +355,58 @@ class Tracker:
             for name, total, count in zip(sums, totals, counts):
                 if count > 0:
                     values[name] = total / count
+        ordered = {"loss": values["loss"]} if "loss" in values else {}
         for name, metric in self.metrics.items():
-            if not isinstance(metric, MeanMetric):
-                values[name] = _to_float(metric.compute())
-        return {name: values[name] for name in ["loss", *self.metrics] if name in values}
+            if isinstance(metric, MeanMetric):
+                if name in values:
+                    ordered[name] = values[name]
+            else:  # a dict result expands into its entries, in the metric's place
+                _add_results(ordered, name, metric.compute())
+        return ordered
 
 
-def _to_float(value: Any) -> float:
+def _add_results(values: dict[str, float], name: str, result: Any) -> None:
+    """Add a metric object's `compute()` result: one key for a scalar, one key per entry of a dict.
+
+    Raises:
+        ValueError: a result that is not a scalar (a confusion matrix, a per-class vector), or an
+            entry whose key another value already has.
+    """
+    entries = result.items() if isinstance(result, Mapping) else [(name, result)]
+    for key, value in entries:
+        if key in values:
+            raise ValueError(
+                f"metric {name!r}: its result {key!r} has the name of another logged value; rename one of them."
+            )
+        values[key] = _scalar(key, value, name)
+
+
+def _scalar(key: str, value: Any, metric: str) -> float:
     if isinstance(value, torch.Tensor):
-        return float(value.detach().float().mean()) if value.numel() > 1 else float(value)
+        if value.numel() != 1:
+            raise ValueError(
+                f"metric {metric!r} returned a tensor of shape {tuple(value.shape)} for {key!r}; logs hold scalars. "
+                "Log a matrix or a per-class vector from a callback of your own (on_epoch_end, via "
+                "metric.compute()), or give a metric that reduces it to one number (average='macro', say)."
+            )
+        return float(value.detach())
+    if isinstance(value, Mapping):
+        raise ValueError(f"metric {metric!r} returned nested dicts for {key!r}; return one level of name -> number.")
     return float(value)
+
+
+class EpochLogs(dict):
+    """The logs of one epoch, as `on_epoch_end` receives them: a dict, and whether validation ran.
+
+    Args:
+        values: the epoch's values (`loss`, metrics, `val_*`, `lr`).
+        validated: False when the fit validates but did not in this epoch (`validation_freq`); its
+            logs then hold no `val_*`, and `fitorch.Monitor` skips the epoch instead of raising.
+    """
+
+    def __init__(self, values: Mapping[str, Any] = (), validated: bool = True) -> None:
+        super().__init__(values)
+        self.validated = check_bool(validated, "validated", owner="EpochLogs")
 
 
 class LazyLogs(MutableMapping):

@@ -64,12 +64,17 @@ class Monitor:
         self.baseline = baseline
         self.best: float | None = None
 
-    def value(self, logs: Mapping[str, Any]) -> float:
-        """The monitored value in `logs`.
+    def value(self, logs: Mapping[str, Any]) -> float | None:
+        """The monitored value in `logs`, or None for a `val_*` key in an epoch that did not validate.
+
+        With `fit(validation_freq=...)` some epochs run no validation, and their logs say so
+        (`fitorch.EpochLogs.validated` is False): a callback skips such an epoch, as Keras's do.
 
         Raises:
-            ValueError: the key is missing; the message lists the keys that are there.
+            ValueError: the key is missing otherwise; the message lists the keys that are there.
         """
+        if self.monitor not in logs and self.monitor.startswith("val_") and not getattr(logs, "validated", True):
+            return None
         if self.monitor not in logs:
             available = ", ".join(logs) or "none"
             hint = (
@@ -94,8 +99,12 @@ class Monitor:
         return value - self.min_delta > reference
 
     def update(self, logs: Mapping[str, Any]) -> bool:
-        """Read the value from `logs`; remember it and return True when it is an improvement."""
-        return self.observe(self.value(logs))
+        """Read the value from `logs`; remember it and return True when it is an improvement.
+
+        An epoch without validation (`value` is None) is no improvement.
+        """
+        value = self.value(logs)
+        return value is not None and self.observe(value)
 
     def observe(self, value: float) -> bool:
         """Remember `value` and return True when it is an improvement (for a value agreed across processes)."""

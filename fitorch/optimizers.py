@@ -68,9 +68,18 @@ def build_optimizers(
     if isinstance(optimizer, str):
         optimizer = OPTIMIZERS[optimizer.lower()]
     if isinstance(optimizer, type):
-        params = [p for p in model.parameters() if p.requires_grad]
+        every = list(model.parameters())
+        params = [p for p in every if p.requires_grad]
+        if not every:
+            raise ValueError(
+                f"The model ({type(model).__name__}) has no parameters to train; give fit a model with learnable "
+                "layers, or use evaluate / predict for a model that only transforms its inputs."
+            )
         if not params:
-            raise ValueError("The model has no trainable parameters (all have requires_grad=False).")
+            raise ValueError(
+                f"The model has no trainable parameters: all {len(every)} have requires_grad=False. "
+                "Unfreeze some (parameter.requires_grad_(True)) before fit."
+            )
         return [optimizer(params, **options)]
     made = optimizer(model)
     made = list(made) if isinstance(made, (list, tuple)) else [made]

@@ -168,3 +168,20 @@ def test_lr_find_throughput_and_swa_agree_on_both_ranks(tmp_path):
     assert rank0["suggestion"] in rank0["rates"] and len(rank0["losses"]) > 5
     assert rank0["fit_after_lr_find_equal"]  # a fit after lr_find equals one without it, under two processes too
     assert rank0["samples"] == 101  # summed over ranks, without the sampler's padding repeats
+
+
+def test_two_processes_share_out_batches_fetched_by_index_and_give_the_exact_weighted_numbers(tmp_path):
+    check(torchrun("batched", tmp_path / "two"))
+    check(single("batched", tmp_path / "one"))
+    one = json.loads((tmp_path / "one" / "rank0.json").read_text())
+    rank0, rank1 = results(tmp_path / "two")
+    for key, values in one["history"].items():  # weighted loss and metrics, padding dropped: as one process
+        assert rank0["history"][key] == pytest.approx(values, rel=1e-6), key
+    assert rank0["history"] == rank1["history"]
+    # 81 training samples, batches of 8: 11 batches, the last of one sample; 6 per process, the last ones
+    # completed with repeated samples, which the epoch values above leave out
+    for epoch in range(2):
+        mine = [sum(rank["seen"][epoch * 6 : (epoch + 1) * 6], []) for rank in (rank0, rank1)]
+        assert set(mine[0]) | set(mine[1]) == set(range(81))
+        assert len(mine[0]) + len(mine[1]) == 96
+        assert sorted(sum(one["seen"][epoch * 11 : (epoch + 1) * 11], [])) == list(range(81))

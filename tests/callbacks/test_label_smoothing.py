@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import make_classification, make_mlp
-from fitorch import Callback, Learner
+from fitorch import Callback, Every, Learner
 from fitorch.callbacks import LabelSmoothing
 
 
@@ -79,3 +79,16 @@ def test_refuses_a_loss_it_cannot_apply_to():
 def test_smoothing_outside_zero_one_fails_at_construction(smoothing, error):
     with pytest.raises(error, match=r"smoothing must be a number in \[0, 1\), got"):
         LabelSmoothing(smoothing)
+
+
+def test_training_stays_smoothed_after_a_validation_inside_an_epoch():
+    x, y = make_classification(n=40)
+    straight, *_ = fit(y, x)
+    record = BatchLosses()
+    learner = Learner(loss="cross_entropy", optimizer="sgd", lr=0.1, metrics=["accuracy"], verbose=0)
+    learner.fit(
+        make_mlp(), (x[:24], y[:24]), epochs=2, batch_size=8, shuffle=False, validation_data=(x[24:], y[24:]),
+        validation_freq=Every(1), callbacks=[LabelSmoothing(0.1), record],
+    )  # fmt: skip
+    for expected, loss in zip(straight.losses, record.losses, strict=True):
+        torch.testing.assert_close(loss, expected)

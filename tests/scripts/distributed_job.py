@@ -264,6 +264,32 @@ def preempt(out):
     return {"global_step": learner.global_step, "history": learner.history.history}
 
 
+class SampleIds(Learner):
+    """Records the sample ids (the first feature) of every training batch this process trains on."""
+
+    def train_step(self, batch):
+        self.seen.append(batch[0][:, 0].long().tolist())
+        return super().train_step(batch)
+
+
+def batched(out):
+    """Batches fetched by index (tensors, an ArrayDataset) under a shuffle, steps_per_epoch and weights.
+
+    lr=0 keeps the model fixed, so the epoch values must equal one process's, and the ids show how
+    the batches were shared out.
+    """
+    x, y = make_classification(n=101)
+    x[:, 0] = torch.arange(101, dtype=torch.float32)  # the first feature is the sample's id
+    learner = SampleIds(loss="cross_entropy", optimizer="sgd", lr=0.0, metrics=["accuracy"], seed=1, verbose=0)
+    learner.seen = []
+    weights = torch.linspace(0.5, 1.5, 101)
+    history = learner.fit(
+        make_mlp(), (x, y), epochs=2, batch_size=8, sample_weight=weights, class_weight={0: 1.0, 1: 2.0, 2: 0.5},
+        validation_split=0.2,
+    )  # fmt: skip
+    return {"history": history.history, "seen": learner.seen, "shuffle_seed": learner.state.shuffle_seed}
+
+
 SCENARIOS = {
     "tools": tools,
     "preempt": preempt,
@@ -276,6 +302,7 @@ SCENARIOS = {
     "fail": fail,
     "run_dir": run_dir,
     "resume": resume,
+    "batched": batched,
 }
 
 if __name__ == "__main__":
