@@ -24,6 +24,7 @@ from fitorch.metrics import (
 )
 from fitorch.monitor import Monitor
 from fitorch.optimizers import OPTIMIZERS
+from fitorch.run_lock import RunDirLocked
 from fitorch.seed import seed_everything
 from fitorch.summary import Summary, summary
 
@@ -45,6 +46,7 @@ __all__ = [
     "MeanSquaredError",
     "MetricProtocol",
     "Monitor",
+    "RunDirLocked",
     "TopKAccuracy",
     "delete_checkpoint",
     "latest_checkpoint",

@@ -31,6 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from fitorch.distributed import check_same_checkpoint
 from fitorch.learner import Learner
 
 logger = logging.getLogger("fitorch")
@@ -281,10 +282,18 @@ def resume_learner(learner: Learner, resume: str | os.PathLike | bool | None) ->
         TypeError: `resume` is neither a path, a bool nor None.
         ValueError: `resume=True` without `run_dir`, or no checkpoint under it; and every error of
             `load_checkpoint`.
+        FileNotFoundError, ValueError: under several processes, on every process, when they would not
+            all resume from the same checkpoint (nodes that do not share a filesystem).
     """
     path = _offered_checkpoint(learner)
     if path is None and resume is not None and resume is not False:
         path = _checkpoint_to_resume(learner, resume)
+    check_same_checkpoint(learner.accelerator, path)  # a node that cannot see it fails on every process
+    if path is None and resume is True:
+        raise ValueError(
+            f"fit(resume=True): no checkpoint under run_dir {learner.run_dir!r}. Save some with "
+            "ModelCheckpoint or BackupAndRestore, or pass the checkpoint's path to resume."
+        )
     if path is None:
         return None
     metadata = load_checkpoint(learner, path)
@@ -307,7 +316,7 @@ def _offered_checkpoint(learner: Learner) -> str | None:
     return None
 
 
-def _checkpoint_to_resume(learner: Learner, resume: str | os.PathLike | bool) -> str:
+def _checkpoint_to_resume(learner: Learner, resume: str | os.PathLike | bool) -> str | None:
     if isinstance(resume, (str, os.PathLike)):
         return os.fspath(resume)
     if resume is not True:
@@ -317,13 +326,7 @@ def _checkpoint_to_resume(learner: Learner, resume: str | os.PathLike | bool) ->
             "fit(resume=True) looks for the newest checkpoint under run_dir, but run_dir is None. "
             "Set Learner(run_dir=...) or pass the checkpoint's path: fit(..., resume='runs/x/backup')."
         )
-    path = latest_checkpoint(learner.run_dir) if os.path.isdir(learner.run_dir) else None
-    if path is None:
-        raise ValueError(
-            f"fit(resume=True): no checkpoint under run_dir {learner.run_dir!r}. Save some with "
-            "ModelCheckpoint or BackupAndRestore, or pass the checkpoint's path to resume."
-        )
-    return path
+    return latest_checkpoint(learner.run_dir) if os.path.isdir(learner.run_dir) else None
 
 
 # ---------------------------------------------------------------------------- what is saved

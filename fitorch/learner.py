@@ -39,9 +39,11 @@ from fitorch.data import (
     to_dataset,
     unpack_batch,
 )
+from fitorch.distributed import StopVote, forget_prepared
 from fitorch.losses import check_targets, loss_from_outputs, model_predictions, resolve_loss
 from fitorch.metrics import Tracker, resolve_metrics
 from fitorch.optimizers import OptimizerSpec, build_optimizers, check_optimizer
+from fitorch.run_lock import RunLock, lock_run_dir
 from fitorch.seed import seed_everything
 
 if TYPE_CHECKING:  # the built-in callbacks import fitorch, so they are imported late at run time
@@ -99,7 +101,8 @@ class Learner:
             two fits with the same seed on the CPU give bit-identical weights.
         cpu: train on the CPU even when a GPU is present.
         verbose: 0 silent, 1 a progress bar per epoch, 2 one line per epoch.
-        run_dir: folder for the run's logs and checkpoints; None writes nothing to disk.
+        run_dir: folder for the run's logs and checkpoints; None writes nothing to disk. A fit holds
+            `run_dir/fitorch.lock` while it runs, so that two live fits never write one run_dir.
         num_workers: loader workers when fitorch builds the loader; None chooses (0 for tensors).
         hparams: user hyperparameters, recorded by the logging callbacks.
         **optimizer_options: further keyword arguments for a named optimizer or class
@@ -118,7 +121,8 @@ class Learner:
         batch: index of the current batch within the running phase (training, validation, prediction).
         outputs: the outputs of the current batch; `loss` its loss (the one optimised, in training).
         logs: the logs of the last epoch (`loss`, metrics, `val_*`, `lr`).
-        stop_training: set it to True to stop after the current batch or epoch.
+        stop_training: set it to True to stop after the current batch or epoch (under several
+            processes, set in a batch, all stop after the next batch).
         history: the `History` of the running (or last) fit.
         sync_gradients: whether the current micro-batch ends an accumulation window.
         num_batches: batches in the running phase, None when unknown.
@@ -212,6 +216,7 @@ class Learner:
         self._resumed_sums: Mapping[str, Any] | None = None
         self._batches_done = 0
         self._epoch_complete = False
+        self._run_lock: RunLock | None = None
 
     # ------------------------------------------------------------------ public calls
 
@@ -264,6 +269,7 @@ class Learner:
 
         Raises:
             ValueError, TypeError: bad arguments or data, before any training.
+            RunDirLocked: another live fit holds `run_dir`, before any training.
         """
         self._check_fit_arguments(model, epochs, initial_epoch, validation_split, validation_data)
         self.run_hparams = _merge_hparams(self.hparams, hparams)
@@ -277,9 +283,11 @@ class Learner:
         self._call_loaders = [train_loader, val_loader]
         self.epochs, self.epoch, self.global_step, self.batch = epochs, initial_epoch, 0, 0
         self.stop_training, self.exception, self._skip_batches, self._resumed_sums = False, None, 0, None
+        self._stop_vote = StopVote(self.accelerator)  # every process stops after the same batch
         from fitorch.checkpoint import resume_learner  # it imports this module, so import it late
 
         try:
+            self._run_lock = lock_run_dir(self.run_dir, self.accelerator)  # one writer per run_dir, until _end_call
             resume_learner(self, resume)  # `resume`, or a backup a callback offers (BackupAndRestore)
         except BaseException:
             self._end_call()
@@ -521,7 +529,7 @@ class Learner:
         logs.update(self.learning_rates())
         self.logs, self._epoch_complete = logs, True
         self.event_callbacks.fire("on_epoch_end", self.epoch, logs)
-        self.stop_training = self._any_process(self.stop_training)
+        self.stop_training = self._stop_vote.settle(self.stop_training)
 
     def _train_epoch(self, loader: DataLoader) -> dict[str, float]:
         callbacks, tracker = self.event_callbacks, self._train_tracker
@@ -550,9 +558,10 @@ class Learner:
                 callbacks.fire("on_optimizer_step")
             self._track(tracker, self.loss, self.outputs, targets)
             callbacks.fire("on_train_batch_end", self.batch, running_logs())
-            if self._any_process(self.stop_training):
+            if self._stop_vote.after_batch(self.batch, self.stop_training):  # agreed every 16 batches
                 self.stop_training = True
                 break
+        self.stop_training = self._stop_vote.settle(self.stop_training)
         return tracker.results(**self._reduce_options())
 
     def _evaluate_loader(self, loader: DataLoader) -> dict[str, float]:
@@ -695,13 +704,6 @@ class Learner:
             return {}
         return {"reduce": lambda tensor: self.accelerator.reduce(tensor, "sum"), "device": self.accelerator.device}
 
-    def _any_process(self, flag: bool) -> bool:
-        """Whether any process asks for `flag`; all processes must call this at the same point."""
-        if self.accelerator.num_processes == 1:
-            return flag
-        votes = torch.tensor([1.0 if flag else 0.0], device=self.accelerator.device)
-        return bool(self.accelerator.reduce(votes, "sum").item() > 0)
-
     # ------------------------------------------------------------------ set-up
 
     def _make_accelerator(self) -> Accelerator:
@@ -808,6 +810,9 @@ class Learner:
         return [callback for callback in defaults if find_callback(chosen, type(callback)) is None]
 
     def _end_call(self) -> None:
+        if self._run_lock is not None:
+            self._run_lock, lock = None, self._run_lock
+            lock.release()
         # Accelerate patched the model's forward for mixed precision; give the user back their model.
         if self.prepared_model is not None:
             self.accelerator.unwrap_model(self.prepared_model, keep_fp32_wrapper=False)
@@ -819,7 +824,7 @@ class Learner:
             # Accelerate also holds the loaders, whose persistent workers would outlive the call.
             self.prepared_model = self.model
             self.loss, self.outputs = _detached(self.loss), _detached(self.outputs)
-            self.accelerator.free_memory()
+            forget_prepared(self.accelerator)
 
     def _check_fit_arguments(
         self, model: Any, epochs: Any, initial_epoch: Any, validation_split: Any, validation_data: Any
