@@ -11,8 +11,8 @@ and rank 0's memory.
 
 The reference is `fit_ddp`, the loop a careful user writes for several processes:
 `DistributedSampler` (reshuffled per epoch with `set_epoch`), `DistributedDataParallel`, AdamW,
-loss and accuracy accumulated as tensors and all-reduced once per epoch, for training and for
-validation.
+and the epochs of the single-process reference loop (`contenders.train_epoch`, `evaluate_epoch`:
+loss and accuracy accumulated as tensors), whose sums are all-reduced once per epoch.
 """
 
 from __future__ import annotations
@@ -33,14 +33,22 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # torchrun starts this file by path
-from contenders import Data, Logs, fit_fitorch, fit_fitorch_verbose0, import_framework  # noqa: E402
+from contenders import (  # noqa: E402
+    Data,
+    Logs,
+    evaluate_epoch,
+    fit_fitorch,
+    fit_fitorch_verbose0,
+    import_framework,
+    train_epoch,
+)
 from workloads import SEED, WORKLOADS, Workload, make_data, make_model, warm_up  # noqa: E402
 
 PROCESSES = 2
 RESULT_PREFIX = "RESULT "
 
 
-def _epoch_sums(loss_sum: torch.Tensor, correct: torch.Tensor, seen: int) -> tuple[float, float]:
+def _global(loss_sum: torch.Tensor, correct: torch.Tensor, seen: int) -> tuple[float, float]:
     """Global mean loss and accuracy: the three sums all-reduced in one collective call."""
     sums = torch.stack([loss_sum.double(), correct.double(), torch.tensor(float(seen), dtype=torch.float64)])
     dist.all_reduce(sums)
@@ -63,32 +71,9 @@ def fit_ddp(workload: Workload, model: nn.Module, data: Data) -> Logs:
     logs: Logs = {}
     for epoch in range(workload.epochs):
         train_sampler.set_epoch(epoch)
-        model.train()
-        loss_sum, correct, seen = torch.zeros(()), torch.zeros((), dtype=torch.long), 0
-        for inputs, targets in train_loader:
-            outputs = model(inputs)
-            loss = loss_fn(outputs, targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach() * len(targets)
-            correct += (outputs.argmax(dim=1) == targets).sum()
-            seen += len(targets)
-        logs = dict(zip(("loss", "accuracy"), _epoch_sums(loss_sum, correct, seen)))
-        logs.update(_evaluate_ddp(model, val_loader, loss_fn))
+        logs = dict(zip(("loss", "accuracy"), _global(*train_epoch(model, train_loader, optimizer, loss_fn))))
+        logs.update(zip(("val_loss", "val_accuracy"), _global(*evaluate_epoch(model, val_loader, loss_fn))))
     return logs
-
-
-def _evaluate_ddp(model: nn.Module, loader: DataLoader, loss_fn: nn.Module) -> Logs:
-    model.eval()
-    loss_sum, correct, seen = torch.zeros(()), torch.zeros((), dtype=torch.long), 0
-    with torch.no_grad():
-        for inputs, targets in loader:
-            outputs = model(inputs)
-            loss_sum += loss_fn(outputs, targets) * len(targets)
-            correct += (outputs.argmax(dim=1) == targets).sum()
-            seen += len(targets)
-    return dict(zip(("val_loss", "val_accuracy"), _epoch_sums(loss_sum, correct, seen)))
 
 
 FIT_FUNCTIONS = {"ddp": fit_ddp, "fitorch": fit_fitorch, "fitorch_verbose0": fit_fitorch_verbose0}

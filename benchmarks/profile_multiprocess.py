@@ -35,7 +35,7 @@ ROOTS = {"fit_ddp": "ddp", "_fit_learner": "fitorch"}
 # The parts of a step, each recognised by a frame of its stack; the first match wins.
 PARTS = [
     ("stop vote", ["StopVote."]),
-    ("validation", ["_evaluate_ddp", "Learner._evaluate_loader"]),
+    ("validation", ["evaluate_epoch", "Learner._evaluate_loader"]),
     ("backward (DDP all-reduce included)", ["_engine_run_backward"]),
     ("optimizer step", ["Optimizer.profile_hook_step"]),
     ("forward", ["DistributedDataParallel.forward"]),
@@ -43,7 +43,7 @@ PARTS = [
     ("data: torch DataLoader", ["_BaseDataLoaderIter.__next__"]),
     ("data: Accelerate's DataLoaderShard", ["DataLoaderShard.__iter__"]),
     ("metric tracking", ["Learner._track"]),
-    ("end of epoch (global sums)", ["Tracker.results", "_epoch_sums"]),
+    ("end of epoch (global sums)", ["Tracker.results", "_global"]),
     ("set-up and teardown", ["Learner._start_call", "Learner._end_call", "DistributedDataParallel.__init__"]),
 ]
 
