@@ -295,7 +295,8 @@ def results_markdown(raw: Raw, meta: dict[str, Any], workload_notes: dict[str, s
         "Written by `make bench` (`benchmarks/run.py`); do not edit by hand, re-run instead. "
         "How the numbers are taken, and what they mean, is in `docs/performance.md`.",
         f"Taken {meta['started']} to {meta['finished']} with `{meta['command']}`: {meta['repeats']} repeats "
-        f"per contender (interleaved, one process each), {meta['import_runs']} runs per import. "
+        f"per contender (interleaved, one process each; {meta.get('multiprocess_repeats', meta['repeats'])} "
+        f"for the two-process workloads, one torchrun job each), {meta['import_runs']} runs per import. "
         f"Load average (1 min) before: {meta['load_before']:.2f}, after: {meta['load_after']:.2f}, "
         f"on {meta['machine']['cores']} cores."
         + (

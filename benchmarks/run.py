@@ -56,6 +56,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "under two processes, the reference 'ddp' and those of fitorch's that are chosen)",
     )
     parser.add_argument("--repeats", type=int, default=5, help="rounds of interleaved runs (default %(default)s)")
+    parser.add_argument(
+        "--multiprocess-repeats",
+        type=int,
+        default=9,
+        help="rounds for the two-process workloads, whose run-to-run spread is wider (default %(default)s)",
+    )
     parser.add_argument("--import-runs", type=int, default=10, help="processes per import (default %(default)s)")
     parser.add_argument("--quick", action="store_true", help="3 repeats and 5 import runs: a look, not a result")
     parser.add_argument(
@@ -78,12 +84,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--note", default="", help="conditions worth recording in the report (e.g. other load)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.repeats, args.import_runs = 3, 5
+        args.repeats, args.multiprocess_repeats, args.import_runs = 3, 3, 5
     args.workloads = _choices(args.workloads, ALL_WORKLOADS, "--workloads")
     contenders = _choices(args.contenders, tuple(FIT_FUNCTIONS), "--contenders")
     args.contenders = ["torch", *[c for c in contenders if c != "torch"]]
-    if args.repeats < 1 or args.import_runs < 1:
-        parser.error("--repeats and --import-runs must be at least 1")
+    if min(args.repeats, args.multiprocess_repeats, args.import_runs) < 1:
+        parser.error("--repeats, --multiprocess-repeats and --import-runs must be at least 1")
     return args
 
 
@@ -292,7 +298,7 @@ def measure(args: argparse.Namespace, argv: list[str]) -> tuple[Raw, dict[str, A
             raw["import"] = run_imports(args.import_runs, args.wait_quiet)
         elif workload in WORKLOAD_OF:
             chosen = [c for c in contenders if c in MULTIPROCESS_FUNCTIONS and c != "ddp"]
-            raw[workload] = run_interleaved(workload, ["ddp", *chosen], args.repeats, args.wait_quiet)
+            raw[workload] = run_interleaved(workload, ["ddp", *chosen], args.multiprocess_repeats, args.wait_quiet)
         elif workload == "checkpoint":
             raw["checkpoint"] = run_interleaved(
                 "checkpoint", list(CHECKPOINT_CONTENDERS), args.repeats, args.wait_quiet
@@ -306,6 +312,7 @@ def measure(args: argparse.Namespace, argv: list[str]) -> tuple[Raw, dict[str, A
         "load_before": load_before,
         "load_after": os.getloadavg()[0],
         "repeats": args.repeats,
+        "multiprocess_repeats": args.multiprocess_repeats,
         "import_runs": args.import_runs,
         "machine": machine_info(),
         "skipped": skipped,
@@ -324,7 +331,11 @@ def main(argv: list[str] | None = None) -> int:
         raw, meta, full_run = saved["raw"], saved["meta"], True
     else:
         raw, meta = measure(args, argv)
-        full_run = set(args.workloads) == set(ALL_WORKLOADS) and args.repeats >= 5 and not args.quick
+        full_run = (
+            set(args.workloads) == set(ALL_WORKLOADS)
+            and min(args.repeats, args.multiprocess_repeats) >= 5
+            and not args.quick
+        )
     print(console_report(raw))
     if args.no_write:
         return 0
