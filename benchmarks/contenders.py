@@ -69,30 +69,27 @@ def _loaders(workload: Workload, data: Data) -> tuple[DataLoader, DataLoader]:
     return train, val
 
 
-def fit_torch(workload: Workload, model: nn.Module, data: Data) -> Logs:
-    """The reference: a hand-written PyTorch loop."""
-    train_loader, val_loader = _loaders(workload, data)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=workload.lr)
-    loss_fn = nn.CrossEntropyLoss()
-    logs: Logs = {}
-    for _ in range(workload.epochs):
-        model.train()
-        loss_sum, correct, seen = torch.zeros(()), torch.zeros((), dtype=torch.long), 0
-        for inputs, targets in train_loader:
-            outputs = model(inputs)
-            loss = loss_fn(outputs, targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach() * len(targets)
-            correct += (outputs.argmax(dim=1) == targets).sum()
-            seen += len(targets)
-        logs = {"loss": loss_sum.item() / seen, "accuracy": correct.item() / seen}
-        logs.update(_evaluate_torch(model, val_loader, loss_fn))
-    return logs
+Sums = tuple[torch.Tensor, torch.Tensor, int]  # loss sum, correct predictions, samples
 
 
-def _evaluate_torch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module) -> Logs:
+def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, loss_fn: nn.Module) -> Sums:
+    """One epoch of the hand-written loop; the sums stay tensors, read once by the caller."""
+    model.train()
+    loss_sum, correct, seen = torch.zeros(()), torch.zeros((), dtype=torch.long), 0
+    for inputs, targets in loader:
+        outputs = model(inputs)
+        loss = loss_fn(outputs, targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * len(targets)
+        correct += (outputs.argmax(dim=1) == targets).sum()
+        seen += len(targets)
+    return loss_sum, correct, seen
+
+
+def evaluate_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module) -> Sums:
+    """One validation pass of the hand-written loop (`eval()`, `no_grad`), as sums."""
     model.eval()
     loss_sum, correct, seen = torch.zeros(()), torch.zeros((), dtype=torch.long), 0
     with torch.no_grad():
@@ -101,6 +98,24 @@ def _evaluate_torch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module) ->
             loss_sum += loss_fn(outputs, targets) * len(targets)
             correct += (outputs.argmax(dim=1) == targets).sum()
             seen += len(targets)
+    return loss_sum, correct, seen
+
+
+def fit_torch(workload: Workload, model: nn.Module, data: Data) -> Logs:
+    """The reference: a hand-written PyTorch loop."""
+    train_loader, val_loader = _loaders(workload, data)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=workload.lr)
+    loss_fn = nn.CrossEntropyLoss()
+    logs: Logs = {}
+    for _ in range(workload.epochs):
+        loss_sum, correct, seen = train_epoch(model, train_loader, optimizer, loss_fn)
+        logs = {"loss": loss_sum.item() / seen, "accuracy": correct.item() / seen}
+        logs.update(_evaluate_torch(model, val_loader, loss_fn))
+    return logs
+
+
+def _evaluate_torch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module) -> Logs:
+    loss_sum, correct, seen = evaluate_epoch(model, loader, loss_fn)
     return {"val_loss": loss_sum.item() / seen, "val_accuracy": correct.item() / seen}
 
 

@@ -12,9 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from checkpointing import LABELS as CHECKPOINT_LABELS
-from contenders import LABELS as TRAINING_LABELS
+from contenders import LABELS as SINGLE_LABELS
+from multiprocess import LABELS as MULTIPROCESS_LABELS
+from multiprocess import WORKLOAD_OF
 
 REFERENCE = "torch"
+MULTIPROCESS_REFERENCE = "ddp"
+TRAINING_WORKLOADS = ("tiny", "cnn", *WORKLOAD_OF)
 Raw = dict[str, dict[str, list[Any]]]
 
 
@@ -35,13 +39,23 @@ def _runs(raw: Raw, workload: str, contender: str) -> list[dict[str, Any]]:
     return [run for run in raw.get(workload, {}).get(contender, []) if "unavailable" not in run]
 
 
+def reference(workload: str) -> str:
+    """The contender a workload's ratios divide by: the hand-written loop of its kind (one process or DDP)."""
+    return MULTIPROCESS_REFERENCE if workload in WORKLOAD_OF else REFERENCE
+
+
+def _label(workload: str, contender: str) -> str:
+    labels = MULTIPROCESS_LABELS if workload in WORKLOAD_OF else SINGLE_LABELS
+    return labels.get(contender, contender)
+
+
 def _field(raw: Raw, workload: str, contender: str, key: str) -> float:
     return median([run[key] for run in _runs(raw, workload, contender)])
 
 
 @dataclass
 class Verdict:
-    """One acceptance target of issue 6 and whether the measurements meet it.
+    """One acceptance target (issues 6 and 15) and whether the measurements meet it.
 
     `measured` is the figure the target names (wall-clock medians for times); `cpu`, where given,
     is the same comparison made with CPU time, the steadier figure on a busy machine.
@@ -63,12 +77,13 @@ def _met(value: float, limit: float) -> str:
 
 
 def _ratio_verdict(raw: Raw, workload: str, contender: str, key: str, limit: float, target: str) -> Verdict:
-    ratio = _ratio(_field(raw, workload, contender, key), _field(raw, workload, REFERENCE, key))
+    ratio = _ratio(_field(raw, workload, contender, key), _field(raw, workload, reference(workload), key))
     if ratio != ratio:
         return Verdict(target, "-", None)
     cpu = "-"
     if key == "fit_s":
-        cpu_ratio = _ratio(_field(raw, workload, contender, "fit_cpu_s"), _field(raw, workload, REFERENCE, "fit_cpu_s"))
+        cpu_reference = _field(raw, workload, reference(workload), "fit_cpu_s")
+        cpu_ratio = _ratio(_field(raw, workload, contender, "fit_cpu_s"), cpu_reference)
         cpu = f"{cpu_ratio:.3f}x ({_met(cpu_ratio, limit)})"
     return Verdict(target, f"{ratio:.3f}x", ratio <= limit, cpu)
 
@@ -108,7 +123,7 @@ def _ab_verdict(raw: Raw, workload: str, limit: float) -> Verdict:
 
 
 def verdicts(raw: Raw) -> list[Verdict]:
-    """The acceptance targets of issues 6 and 18, checked against the medians."""
+    """The acceptance targets of issues 6, 15 (two processes) and 18, checked against the medians."""
     result = [
         _ratio_verdict(raw, "tiny", "fitorch_verbose0", "fit_s", 1.05, "tiny: Learner.fit(verbose=0) <= 1.05x loop"),
         _ratio_verdict(raw, "tiny", "fitorch", "fit_s", 1.10, "tiny: Learner.fit with progress bar <= 1.10x loop"),
@@ -130,17 +145,21 @@ def verdicts(raw: Raw) -> list[Verdict]:
         for contender in ("fitorch", "fitorch_verbose0"):
             target = f"{workload}: peak RSS of {contender} <= 1.05x loop"
             result.append(_ratio_verdict(raw, workload, contender, "peak_rss_mb", 1.05, target))
+    for workload, limit in (("tiny_2proc", 1.05), ("cnn_2proc", 1.02)):
+        for contender, how in (("fitorch_verbose0", "Learner.fit(verbose=0)"), ("fitorch", "with progress bar")):
+            target = f"{workload}: {how} <= {limit:.2f}x DDP loop"
+            result.append(_ratio_verdict(raw, workload, contender, "fit_s", limit, target))
     return result
 
 
 def training_rows(raw: Raw, workload: str) -> list[list[str]]:
     """One row per contender of a training workload: medians, ratios to the reference, spread, memory."""
-    reference_wall = _field(raw, workload, REFERENCE, "fit_s")
-    reference_cpu = _field(raw, workload, REFERENCE, "fit_cpu_s")
-    reference_rss = _field(raw, workload, REFERENCE, "peak_rss_mb")
+    reference_wall = _field(raw, workload, reference(workload), "fit_s")
+    reference_cpu = _field(raw, workload, reference(workload), "fit_cpu_s")
+    reference_rss = _field(raw, workload, reference(workload), "peak_rss_mb")
     rows = []
     for contender, runs in raw.get(workload, {}).items():
-        label = TRAINING_LABELS.get(contender, contender)
+        label = _label(workload, contender)
         unavailable = next((run["unavailable"] for run in runs if "unavailable" in run), None)
         runs = _runs(raw, workload, contender)
         if unavailable or not runs:
@@ -324,7 +343,7 @@ def text_table(header: list[str], rows: list[list[str]]) -> str:
 def console_report(raw: Raw) -> str:
     """Every measured workload as plain tables, then the acceptance verdicts."""
     parts = []
-    for workload in ("tiny", "cnn"):
+    for workload in TRAINING_WORKLOADS:
         if workload in raw:
             table = text_table(TRAINING_HEADER, training_rows(raw, workload))
             parts.append(f"== {workload}  {load_line(raw, workload)}\n{table}")
@@ -339,7 +358,7 @@ def console_report(raw: Raw) -> str:
     if "workers" in raw:
         parts.append("== workers\n" + text_table(WORKERS_HEADER, workers_rows(raw)))
     rows = [[v.target, v.measured, v.mark, v.cpu] for v in verdicts(raw) if v.met is not None]
-    parts.append("== acceptance (issues 6, 18)\n" + text_table(["target", "measured", "met", "by CPU time"], rows))
+    parts.append("== acceptance (issues 6, 15, 18)\n" + text_table(["target", "measured", "met", "by CPU time"], rows))
     return "\n\n".join(parts)
 
 
@@ -358,7 +377,8 @@ def results_markdown(
         "Written by `make bench` (`benchmarks/run.py`); do not edit by hand, re-run instead. "
         "How the numbers are taken, and what they mean, is in `docs/performance.md`.",
         f"Taken {meta['started']} to {meta['finished']} with `{meta['command']}`: {meta['repeats']} repeats "
-        f"per contender (interleaved, one process each), {meta['import_runs']} runs per import. "
+        f"per contender (interleaved, one process each; {meta.get('multiprocess_repeats', meta['repeats'])} "
+        f"for the two-process workloads, one torchrun job each), {meta['import_runs']} runs per import. "
         f"Load average (1 min) before: {meta['load_before']:.2f}, after: {meta['load_after']:.2f}, "
         f"on {meta['machine']['cores']} cores."
         + (
@@ -368,12 +388,12 @@ def results_markdown(
         ),
         meta.get("note", ""),
         "## Machine\n\n" + machine,
-        "## Acceptance targets (issues 6 and 18)\n\n"
+        "## Acceptance targets (issues 6, 15 and 18)\n\n"
         + markdown_table(["target", "measured (wall-clock medians)", "met", "by CPU time"], verdict_rows),
     ]
     if analysis:
         sections.append("## Why (hand-written: `benchmarks/analysis.md`)\n\n" + analysis.strip())
-    for workload in ("tiny", "cnn"):
+    for workload in TRAINING_WORKLOADS:
         if workload in raw:
             sections.append(
                 f"## {workload}\n\n{workload_notes[workload]} {load_line(raw, workload)}\n\n"

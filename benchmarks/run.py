@@ -4,10 +4,12 @@ Runs every contender of every workload in its own process (`benchmarks/child.py`
 (A B C ... A B C ...) for `--repeats` rounds, prints medians and ratios to the hand-written PyTorch
 loop, and writes `benchmarks/RESULTS.md` (plus the raw runs as JSON in `benchmarks/out/`).
 
-Workloads: "tiny" (an MLP, where per-step overhead shows), "cnn" (a small conv net), "checkpoint"
-(saving and loading a ResNet-18-sized state), "import" (`import fitorch` against `import torch`),
-"ab" (tiny and cnn again, the loop and `Learner.fit(verbose=0)` interleaved inside one process) and
-"workers" (an in-memory Dataset with no worker processes, fitorch's default, against two).
+Workloads: "tiny" (an MLP, where per-step overhead shows), "cnn" (a small conv net), the same two
+under two processes ("tiny_2proc", "cnn_2proc": `torchrun --nproc_per_node 2`, gloo, against a
+hand-written DDP loop; `benchmarks/multiprocess.py`), "checkpoint" (saving and loading a
+ResNet-18-sized state), "import" (`import fitorch` against `import torch`), "ab" (tiny and cnn
+again, the loop and `Learner.fit(verbose=0)` interleaved inside one process) and "workers" (an
+in-memory Dataset with no worker processes, fitorch's default, against two).
 
 Example:
     python benchmarks/run.py --workloads tiny --contenders torch,fitorch_verbose0 --repeats 3
@@ -31,12 +33,14 @@ from typing import Any
 
 from checkpointing import CONTENDERS as CHECKPOINT_CONTENDERS
 from contenders import FIT_FUNCTIONS, available
+from multiprocess import FIT_FUNCTIONS as MULTIPROCESS_FUNCTIONS
+from multiprocess import PROCESSES, WORKLOAD_OF, steps_per_process
 from report import Raw, console_report, results_markdown
 from workloads import WORKLOADS
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-ALL_WORKLOADS = ("tiny", "cnn", "checkpoint", "import", "ab", "workers")
+ALL_WORKLOADS = ("tiny", "cnn", *WORKLOAD_OF, "checkpoint", "import", "ab", "workers")
 AB_WORKLOADS = ("tiny", "cnn")
 IMPORT_MODULES = ("torch", "fitorch")
 CHILD_TIMEOUT_S = 600
@@ -51,9 +55,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--contenders",
         default=",".join(FIT_FUNCTIONS),
-        help="training contenders, comma-separated subset of %(default)s (the reference 'torch' is always run)",
+        help="training contenders, comma-separated subset of %(default)s (the reference 'torch' is always run; "
+        "under two processes, the reference 'ddp' and those of fitorch's that are chosen)",
     )
     parser.add_argument("--repeats", type=int, default=5, help="rounds of interleaved runs (default %(default)s)")
+    parser.add_argument(
+        "--multiprocess-repeats",
+        type=int,
+        default=9,
+        help="rounds for the two-process workloads, whose run-to-run spread is wider (default %(default)s)",
+    )
     parser.add_argument("--import-runs", type=int, default=10, help="processes per import (default %(default)s)")
     parser.add_argument("--quick", action="store_true", help="3 repeats and 5 import runs: a look, not a result")
     parser.add_argument(
@@ -76,12 +87,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--note", default="", help="conditions worth recording in the report (e.g. other load)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.repeats, args.import_runs = 3, 5
+        args.repeats, args.multiprocess_repeats, args.import_runs = 3, 3, 5
     args.workloads = _choices(args.workloads, ALL_WORKLOADS, "--workloads")
     contenders = _choices(args.contenders, tuple(FIT_FUNCTIONS), "--contenders")
     args.contenders = ["torch", *[c for c in contenders if c != "torch"]]
-    if args.repeats < 1 or args.import_runs < 1:
-        parser.error("--repeats and --import-runs must be at least 1")
+    if min(args.repeats, args.multiprocess_repeats, args.import_runs) < 1:
+        parser.error("--repeats, --multiprocess-repeats and --import-runs must be at least 1")
     return args
 
 
@@ -141,13 +152,21 @@ def wait_until_quiet(longest_s: float, threshold: float = 0.25) -> None:
             return
 
 
+def child_command(workload: str, contender: str) -> list[str]:
+    """The command of one measurement: `child.py` in one process, or `multiprocess.py` under torchrun."""
+    if workload in WORKLOAD_OF:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(PROCESSES)]
+        return [*launcher, str(HERE / "multiprocess.py"), workload, contender]
+    return [sys.executable, str(HERE / "child.py"), workload, contender]
+
+
 def run_child(workload: str, contender: str) -> dict[str, Any]:
-    """Run one measurement in a fresh process; adds the whole-process seconds and the other load.
+    """Run one measurement in fresh processes; adds the whole-job seconds and the other load.
 
     Raises:
         RuntimeError: the child failed or printed no result; the message holds the end of its output.
     """
-    run = run_process([sys.executable, str(HERE / "child.py"), workload, contender])
+    run = run_process(child_command(workload, contender))
     for line in reversed(run.completed.stdout.splitlines()):
         if line.startswith("RESULT "):
             return {**json.loads(line.removeprefix("RESULT ")), "process_s": run.wall_s, "other_load": run.other_load}
@@ -251,8 +270,16 @@ def workload_notes(skipped: list[str]) -> dict[str, str]:
         name: f"Workload: {workload.description}; {workload.total_steps} optimizer steps."
         for name, workload in WORKLOADS.items()
     }
+    for name, single in WORKLOAD_OF.items():
+        workload = WORKLOADS[single]
+        notes[name] = (
+            f"Workload: {single}, under `torchrun --nproc_per_node {PROCESSES}` (gloo, CPU), batch "
+            f"{workload.batch_size} per process; {steps_per_process(workload)} optimizer steps per process. "
+            "Both processes start the clock together, after a barrier; *fit s* is the slower process's, "
+            "*CPU s* both processes' together, memory rank 0's."
+        )
     if skipped:
-        for name in notes:
+        for name in WORKLOADS:
             notes[name] += " Skipped (not installed; `pip install -e .[bench]`): " + ", ".join(skipped) + "."
     notes["checkpoint"] = (
         "ResNet-18 (torchvision) with AdamW state after one real step; one untimed save and load, then one timed "
@@ -293,6 +320,9 @@ def measure(args: argparse.Namespace, argv: list[str]) -> tuple[Raw, dict[str, A
             raw["ab"] = {name: run_in_process("ab", name, args.repeats + 2, args.wait_quiet) for name in AB_WORKLOADS}
         elif workload == "workers":
             raw["workers"] = {"fit": run_in_process("workers", "-", 3, args.wait_quiet)}
+        elif workload in WORKLOAD_OF:
+            chosen = [c for c in contenders if c in MULTIPROCESS_FUNCTIONS and c != "ddp"]
+            raw[workload] = run_interleaved(workload, ["ddp", *chosen], args.multiprocess_repeats, args.wait_quiet)
         elif workload == "checkpoint":
             raw["checkpoint"] = run_interleaved(
                 "checkpoint", list(CHECKPOINT_CONTENDERS), args.repeats, args.wait_quiet
@@ -306,6 +336,7 @@ def measure(args: argparse.Namespace, argv: list[str]) -> tuple[Raw, dict[str, A
         "load_before": load_before,
         "load_after": os.getloadavg()[0],
         "repeats": args.repeats,
+        "multiprocess_repeats": args.multiprocess_repeats,
         "import_runs": args.import_runs,
         "machine": machine_info(),
         "skipped": skipped,
@@ -324,7 +355,11 @@ def main(argv: list[str] | None = None) -> int:
         raw, meta, full_run = saved["raw"], saved["meta"], True
     else:
         raw, meta = measure(args, argv)
-        full_run = set(args.workloads) == set(ALL_WORKLOADS) and args.repeats >= 5 and not args.quick
+        full_run = (
+            set(args.workloads) == set(ALL_WORKLOADS)
+            and min(args.repeats, args.multiprocess_repeats) >= 5
+            and not args.quick
+        )
     print(console_report(raw))
     if args.no_write:
         return 0

@@ -4,6 +4,7 @@
     torchrun --nproc_per_node 2 examples/distributed.py         # two processes: GPUs, or CPUs with gloo
     accelerate launch --multi_gpu --num_processes 8 examples/distributed.py
     accelerate launch --config_file multi_node.yaml examples/distributed.py   # several machines
+    torchrun --nnodes 2 --node_rank R --master_addr HOST examples/distributed.py   # two machines, R = 0, 1
 
 Nothing in the script changes between these: Accelerate reads the launcher's settings, fitorch
 shards the data, gathers exact metrics, and lets only the main process print and write files.

@@ -36,6 +36,7 @@ from fitorch.metrics import (
 from fitorch.monitor import Monitor
 from fitorch.optimizers import OPTIMIZERS
 from fitorch.preemption import Preempted
+from fitorch.run_lock import RunDirLocked
 from fitorch.seed import seed_everything
 from fitorch.summary import Summary, summary
 from fitorch.version import __version__ as __version__
@@ -59,6 +60,7 @@ __all__ = [
     "MeanSquaredError",
     "MetricProtocol",
     "Monitor",
+    "RunDirLocked",
     "TopKAccuracy",
     "call_model",
     "delete_checkpoint",

@@ -51,6 +51,7 @@ from fitorch.data import (
     to_dataset,
     unpack_batch,
 )
+from fitorch.distributed import StopVote, check_same_checkpoint, forget_prepared
 from fitorch.losses import (
     Criterion,
     check_targets,
@@ -65,6 +66,7 @@ from fitorch.metrics import EpochLogs, RunningLogs, Tracker, resolve_metrics
 from fitorch.optimizers import OptimizerSpec, build_optimizers, check_optimizer
 from fitorch.passes import TrainingBatches, first_batches
 from fitorch.preemption import Preempted, PreemptionWatch
+from fitorch.run_lock import RunLock, lock_run_dir
 from fitorch.seed import seed_everything
 from fitorch.state import GradientWindow, LoopState
 from fitorch.validation import ValidationSchedule
@@ -75,6 +77,7 @@ if TYPE_CHECKING:  # the built-in callbacks import fitorch, so they are imported
     from fitorch.lr_finder import LRFindResult
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
+_STOP, _PREEMPT = 1, 2  # what a process asks of the stop vote: the larger wins
 _PREPARE_MARKS = ("forward", "_original_forward", "_is_accelerate_prepared")  # what Accelerate sets on a model
 logger = logging.getLogger("fitorch")
 
@@ -119,7 +122,8 @@ class Learner:
             two fits with the same seed on the CPU give bit-identical weights.
         cpu: train on the CPU even when a GPU is present.
         verbose: 0 silent, 1 a progress bar per epoch, 2 one line per epoch.
-        run_dir: folder for the run's logs and checkpoints; None writes nothing to disk.
+        run_dir: folder for the run's logs and checkpoints; None writes nothing to disk. A fit holds
+            `run_dir/fitorch.lock` while it runs, so that two live fits never write one run_dir.
         num_workers: worker processes of the loaders fitorch builds; None (the default) means none, which
             is fastest for in-memory data. Give some for a Dataset whose samples cost real work to
             load (decoding files, augmentation): docs/performance.md has figures.
@@ -149,7 +153,8 @@ class Learner:
         sample_weights: the current batch's sample weights (`fit(sample_weight=...)`), None without;
             `compute_loss` weighs the loss with them.
         logs: the logs of the last epoch (`loss`, metrics, `val_*`, `lr`).
-        stop_training: set it to True to stop after the current batch or epoch.
+        stop_training: set it to True to stop after the current batch or epoch (under several
+            processes, set in a batch, all stop after the next batch).
         history: the `History` of the running (or last) fit.
         sync_gradients: whether the current micro-batch ends an accumulation window.
         num_batches: batches in the running phase, None when unknown.
@@ -267,6 +272,9 @@ class Learner:
         self._backward_calls = 0  # in the running accumulation window: steps must follow self.backward
         self._stepping = False  # inside optimizer_step: an optimizer step outside it bypassed the learner
         self._step_hooks: list[Any] = []
+        self._run_lock: RunLock | None = None  # run_dir/fitorch.lock, held by the main process during fit
+        self._stop_vote: StopVote | None = None
+        self._stop_code = 0  # agreed so far in this fit: 1 stop, 2 preemption (see _agree_to_stop)
 
     # ------------------------------------------------------------------ the loop's position
 
@@ -402,6 +410,7 @@ class Learner:
 
         Raises:
             ValueError, TypeError: bad arguments or data, before any training.
+            RunDirLocked: another live fit holds `run_dir`, before any training.
         """
         self._check_fit_arguments(model, epochs, initial_epoch, validation_split, validation_data)
         self._set_fit_data_options(steps_per_epoch, validation_steps, validation_freq, class_weight, sample_weight)
@@ -421,9 +430,11 @@ class Learner:
         self.state.start_fit(epochs, initial_epoch, shuffle_seed)
         self.num_batches = self._training_batches(train_loader).per_epoch  # a resume checks its batch against it
         self.stop_training, self.exception, self.resumed, self.preempted = False, None, False, None
+        self._stop_vote, self._stop_code = StopVote(self.accelerator), 0  # every process stops after one batch
         self._preemption.install()
         vars(model).pop("stop_training", None)  # Keras's flag belongs to the fit that sets it
         try:
+            self._run_lock = lock_run_dir(self.run_dir, self.accelerator)  # one writer per run_dir, until _end_call
             self._resume(resume)  # `resume`, or a backup a callback offers (BackupAndRestore)
         except BaseException:
             self._end_call()
@@ -550,6 +561,12 @@ class Learner:
         path = next((path for path in (cb.resume_checkpoint() for cb in self.active_callbacks) if path), None)
         if path is None and resume is not None and resume is not False:
             path = self._checkpoint_to_resume(resume)
+        check_same_checkpoint(self.accelerator, path)  # a node that cannot see it fails on every process
+        if path is None and resume is True:
+            raise ValueError(
+                f"fit(resume=True): no checkpoint under run_dir {self.run_dir!r}. Save some with "
+                "ModelCheckpoint or BackupAndRestore, or pass the checkpoint's path to resume."
+            )
         if path is None:
             self._check_new_run(archive=resume == "auto")
             return
@@ -576,13 +593,7 @@ class Learner:
         path = latest_checkpoint(self.run_dir) if os.path.isdir(self.run_dir) else None
         if path is None and resume == "auto":
             logger.info("fit(resume='auto'): no checkpoint under %s; starting a new run.", self.run_dir)
-            return None
-        if path is None:
-            raise ValueError(
-                f"fit(resume=True): no checkpoint under run_dir {self.run_dir!r}. Save some with "
-                "ModelCheckpoint or BackupAndRestore, or pass the checkpoint's path to resume."
-            )
-        return path
+        return path  # None with resume=True is refused once every process has said what it sees
 
     def _check_new_run(self, archive: bool) -> None:
         """Refuse to start a new run from epoch 0 in a run_dir that holds another (or, asked, move it aside).
@@ -974,7 +985,7 @@ class Learner:
             running_logs.settle_kept()
             self._track(tracker, self.loss, self.outputs, targets)
             callbacks.fire("on_train_batch_end", index, self._validate_within_epoch(val_loader, running_logs))
-            if self._agree_to_stop():
+            if self._agree_to_stop(index):
                 break
         running_logs.settle_kept()
         self._check_epoch_batches(first, index)
@@ -1207,20 +1218,24 @@ class Learner:
         tensor = torch.tensor([float(value)], dtype=torch.float64, device=self.accelerator.device)
         return float(broadcast(tensor, from_process=0).item())
 
-    def _agree_to_stop(self) -> bool:
-        """Whether any process asks to stop (or was sent a preemption signal); sets `stop_training` and
-        `preempted` alike on every process. All processes must call this at the same point."""
-        preempt = self._preemption.signal is not None and self.sync_gradients  # only between optimizer steps
-        stop = self._stop_requested() or preempt
-        if self.accelerator.num_processes > 1:
-            votes = torch.tensor([float(stop), float(preempt)], device=self.accelerator.device)
-            stop, preempt = (count > 0 for count in self.accelerator.reduce(votes, "sum").tolist())
-        if preempt:
-            self.preempted = self._preemption.signal or signal.SIGTERM
-        self.stop_training = stop
-        return stop
+    def _agree_to_stop(self, batch: int | None = None) -> bool:
+        """Whether every process stops now: any asked (`stop_training`, a preemption signal), and all agree.
 
-    # ------------------------------------------------------------------ set-up
+        After training batch `batch` the processes compare their asks every few batches without
+        waiting for each other (`fitorch.distributed.StopVote`); at an epoch's end (`batch` None) at
+        once. A preemption stops only at the end of an optimizer step, so that its checkpoint resumes
+        exactly; every process sees the same votes and the same windows, so all stop after one batch.
+        All processes must call this at the same points.
+        """
+        asked = _PREEMPT if self._preemption.signal is not None else _STOP if self._stop_requested() else 0
+        agreed = self._stop_vote.settle(asked) if batch is None else self._stop_vote.after_batch(batch, asked)
+        self._stop_code = max(self._stop_code, agreed)
+        if self._stop_code == _PREEMPT and (batch is None or self.sync_gradients):
+            self.preempted = self._preemption.signal or signal.SIGTERM
+        if self._stop_code == _STOP or self.preempted is not None:
+            self.stop_training = True
+            return True
+        return False
 
     def _make_accelerator(self) -> Accelerator:
         mixed_precision = self.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
@@ -1355,6 +1370,9 @@ class Learner:
         for handle in self._step_hooks:
             handle.remove()
         self._step_hooks = []
+        if self._run_lock is not None:
+            self._run_lock, lock = None, self._run_lock
+            lock.release()
         # Accelerate patched the model's forward for mixed precision and flagged it as prepared, which
         # would make the next call skip it (and run without autocast): give the user back their model.
         if self.prepared_model is not None:
@@ -1373,7 +1391,7 @@ class Learner:
             # Accelerate also holds the loaders, whose persistent workers would outlive the call.
             self.prepared_model = self.model
             self.loss, self.outputs = _detached(self.loss), _detached(self.outputs)
-            self.accelerator.free_memory()
+            forget_prepared(self.accelerator)
         self.inputs = self.targets = None  # the last batch is not kept alive after the call
 
     def _check_fit_arguments(

@@ -130,7 +130,12 @@ REQUIRED = {
     "BatchMean": {"fn": len},
     "Every": {"n": 1},
 }
-NOT_CONFIGURATION = {"Summary", "Preempted", "LRFindResult"}  # what fitorch builds or raises, not user settings
+NOT_CONFIGURATION = {
+    "Summary",
+    "Preempted",
+    "LRFindResult",
+    "RunDirLocked",
+}  # what fitorch builds or raises, not user settings
 
 
 def _simple_kind(annotation: str) -> str | None:

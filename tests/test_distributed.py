@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,14 +17,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_mlp
+from conftest import make_classification, make_mlp
+from fitorch import Learner, RunDirLocked
 
 SCRIPT = Path(__file__).parent / "scripts" / "distributed_job.py"
 TIMEOUT = 120
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+# One thread per process: a launcher of one process does not set it, and Accelerate would take two.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def torchrun(scenario: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command = [*TORCHRUN, "--standalone", "--nproc_per_node", "2"]
     return subprocess.run(
         [*command, str(SCRIPT), scenario, str(out), *extra], capture_output=True, text=True, timeout=TIMEOUT
     )
@@ -115,7 +122,12 @@ def test_a_stop_asked_on_one_rank_stops_both_at_the_same_point(tmp_path):
     rank0, rank1 = results(tmp_path)
     assert rank0 == rank1
     assert rank0["epochs"] == [0, 1, 2]  # rank 1 asked at the end of epoch 2
-    assert rank0["steps"] == 5 and rank0["step_epochs"] == [0, 1]  # 4 steps per epoch: step 5 is in epoch 1
+    # 20 batches per epoch; the processes compare their flags after batch index 15 (read one batch
+    # later) and at the end of every epoch. Asked after step 5: all stop after step 17.
+    assert rank0["step 5"] == {"steps": 17, "epochs": [0]}
+    # Asked after step 18 (past the vote point) or 20 (the last batch): the epoch's end settles it.
+    assert rank0["step 18"] == rank0["step 20"] == {"steps": 20, "epochs": [0]}
+    assert rank0["side group"] == rank0["step 5"]  # votes on a gloo group of their own, as under NCCL
 
 
 def test_an_error_on_one_rank_ends_the_job_with_the_message(tmp_path):
@@ -185,3 +197,117 @@ def test_two_processes_share_out_batches_fetched_by_index_and_give_the_exact_wei
         assert set(mine[0]) | set(mine[1]) == set(range(81))
         assert len(mine[0]) + len(mine[1]) == 96
         assert sorted(sum(one["seen"][epoch * 11 : (epoch + 1) * 11], [])) == list(range(81))
+
+
+def job_module():
+    """tests/scripts/distributed_job.py imported here, to run a scenario in this process as one process."""
+    spec = importlib.util.spec_from_file_location("distributed_job", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_all(processes: list[subprocess.Popen], timeout: float = TIMEOUT) -> list[tuple[str, str]]:
+    """Outputs of every process; all are killed when one fails or the time runs out (no launcher left waiting)."""
+    deadline = time.monotonic() + timeout
+    while any(p.poll() is None for p in processes) and time.monotonic() < deadline:
+        if any(p.returncode not in (None, 0) for p in processes):
+            break
+        time.sleep(0.1)
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+    return [process.communicate() for process in processes]
+
+
+def test_two_nodes_on_one_machine_give_the_numbers_of_one_process_and_write_once(tmp_path):
+    # Two launchers, one process each, meeting at a rendezvous on 127.0.0.1: two nodes, as torchrun sees them.
+    port, out = free_port(), tmp_path / "two"
+    nodes = ["--nnodes", "2", "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port)]
+    launchers = [
+        subprocess.Popen(
+            [*TORCHRUN, *nodes, "--node_rank", str(rank), str(SCRIPT), "nodes", str(out)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+        )
+        for rank in (0, 1)
+    ]
+    outputs = wait_all(launchers)
+    for launcher, (stdout, stderr) in zip(launchers, outputs):
+        assert launcher.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    one = job_module().nodes(tmp_path / "one")  # the same fit, in this one process
+    ranks = results(out)
+    assert [rank["node_rank"] for rank in ranks] == [0, 1] and {rank["num_processes"] for rank in ranks} == {2}
+    for rank in ranks:
+        for key, values in one["history"].items():
+            assert rank["history"][key] == pytest.approx(values, rel=1e-6), key
+        assert rank["evaluate"] == pytest.approx(one["evaluate"], rel=1e-6)
+    run = out / "run"  # one writer: each line and row once, and the lock released
+    assert len((run / "metrics.csv").read_text().strip().splitlines()) == 1 + 2
+    log = (run / "train.log").read_text()
+    assert [log.count(f" INFO epoch {epoch}/2 ") for epoch in (1, 2)] == [1, 1]
+    assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in (tmp_path / "one" / "run").iterdir())
+    assert not (run / "fitorch.lock").exists()
+
+
+def test_a_node_that_cannot_see_the_checkpoint_refuses_the_resume_on_every_process(tmp_path):
+    # Only the main process writes checkpoints: without a shared filesystem, the other node has none.
+    x, y = make_classification(n=32)
+    Learner(loss="cross_entropy", verbose=0, run_dir=tmp_path / "node0").fit(make_mlp(), (x, y), epochs=1, batch_size=8)
+    started = time.monotonic()
+    process = torchrun("unshared", tmp_path)
+    assert time.monotonic() - started < TIMEOUT
+    assert process.returncode != 0
+    output = process.stdout + process.stderr
+    assert output.count("Cannot resume: the processes would not all resume from the same checkpoint") == 2, output
+    assert "process 1 on" in output and "nothing at None" in output
+    assert not list(tmp_path.glob("rank*.json"))  # neither process trained
+
+
+def test_workers_left_by_a_killed_torchrun_keep_their_run_dir_locked(tmp_path):
+    # SIGKILL reaches the launcher only: its worker finishes the fit on its own, and must stay the only writer.
+    with open(tmp_path / "launcher.log", "w") as log:
+        launcher = subprocess.Popen(
+            [*TORCHRUN, "--standalone", "--nproc_per_node", "1", str(SCRIPT), "hold", str(tmp_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=ENV,
+        )
+    pid_file, worker = tmp_path / "worker.pid", None
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not pid_file.exists() and launcher.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert pid_file.exists(), (tmp_path / "launcher.log").read_text()[-3000:]
+        worker = int(pid_file.read_text())
+        launcher.send_signal(signal.SIGKILL)
+        launcher.wait()
+        os.kill(worker, 0)  # still running, its launcher gone
+        x, y = make_classification(n=32)
+        model = make_mlp()
+        before = [p.detach().clone() for p in model.parameters()]
+        with pytest.raises(RunDirLocked, match=rf"process {worker} on host .*fitorch\.lock"):
+            Learner(loss="cross_entropy", verbose=0, run_dir=tmp_path / "run").fit(model, (x, y), epochs=1)
+        assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # refused before training
+        (tmp_path / "go").touch()  # let the worker finish; it releases the lock as its fit ends
+        deadline = time.monotonic() + TIMEOUT
+        while (tmp_path / "run" / "fitorch.lock").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        # the lock is free again: the same command continues the worker's run (one run per run_dir)
+        Learner(loss="cross_entropy", verbose=0, run_dir=tmp_path / "run").fit(model, (x, y), epochs=1, resume="auto")
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+        if worker is not None:
+            try:
+                os.kill(worker, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

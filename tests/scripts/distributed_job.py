@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import fitorch.distributed  # noqa: E402
 from conftest import AutocastProbe, make_classification, make_mlp  # noqa: E402
 from fitorch import Callback, Learner  # noqa: E402
 from fitorch.callbacks import (  # noqa: E402
@@ -72,17 +73,21 @@ def numbers(out):
 
 
 def stop(out):
+    """Stops asked on rank 1 only: at an epoch's end, and at steps around the vote points (every 16 batches)."""
     x, y = make_classification(n=64)
     learner = Learner(loss="cross_entropy", verbose=0)
     at_epoch = learner.fit(make_mlp(), (x, y), epochs=6, batch_size=8, callbacks=[StopOnRank(rank=1, epoch=2)])
-    epoch_steps = learner.global_step
-    at_step = learner.fit(make_mlp(), (x, y), epochs=6, batch_size=8, callbacks=[StopOnRank(rank=1, step=5)])
-    return {
-        "epochs": at_epoch.epoch,
-        "epoch_steps": epoch_steps,
-        "step_epochs": at_step.epoch,
-        "steps": learner.global_step,
-    }
+    result = {"epochs": at_epoch.epoch}
+    x, y = make_classification(n=80)  # 20 batches of 2 per process and epoch
+    for step in (5, 18, 20):
+        history = learner.fit(make_mlp(), (x, y), epochs=3, batch_size=2, callbacks=[StopOnRank(rank=1, step=step)])
+        result[f"step {step}"] = {"steps": learner.global_step, "epochs": history.epoch}
+    # As on GPUs, where the default group (NCCL) cannot carry CPU tensors: the votes go to a gloo group.
+    fitorch.distributed.dist.get_backend = lambda group=None: "nccl"
+    history = learner.fit(make_mlp(), (x, y), epochs=3, batch_size=2, callbacks=[StopOnRank(rank=1, step=5)])
+    result["side group"] = {"steps": learner.global_step, "epochs": history.epoch}
+    assert fitorch.distributed._side_group[1] is not torch.distributed.group.WORLD
+    return result
 
 
 def fail(out):
@@ -290,6 +295,50 @@ def batched(out):
     return {"history": history.history, "seen": learner.seen, "shuffle_seed": learner.state.shuffle_seed}
 
 
+def nodes(out):
+    """`numbers` with a run_dir, as each node of a two-node job runs it (tests/test_distributed.py)."""
+    x, y = make_classification(n=101)
+    run = out / "run"
+    learner = Learner(loss="cross_entropy", optimizer="sgd", lr=0.0, metrics=["accuracy"], verbose=0, run_dir=run)
+    history = learner.fit(make_mlp(), (x, y), epochs=2, batch_size=8, validation_data=(x, y))
+    return {
+        "history": history.history,
+        "evaluate": learner.evaluate(make_mlp(), (x, y), batch_size=8),
+        "num_processes": learner.accelerator.num_processes,
+        "node_rank": int(os.environ.get("GROUP_RANK", "0")),
+    }
+
+
+class WaitForGo(Callback):
+    """Records this process's pid once the fit (and its run_dir lock) has started, then waits for `out/go`."""
+
+    def __init__(self, out):
+        self.out = out
+
+    def on_train_begin(self, logs):
+        (self.out / "worker.pid").write_text(str(os.getpid()))
+        deadline = time.monotonic() + 120
+        while not (self.out / "go").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def hold(out):
+    """A fit on out/run that holds its run_dir lock until the test creates out/go."""
+    x, y = make_classification(n=32)
+    learner = Learner(loss="cross_entropy", verbose=0, run_dir=out / "run", callbacks=[WaitForGo(out)])
+    learner.fit(make_mlp(), (x, y), epochs=1, batch_size=8)
+    return {"global_step": learner.global_step}
+
+
+def unshared(out):
+    """Each process resumes from its own run_dir, as nodes without a shared filesystem do."""
+    x, y = make_classification(n=32)
+    rank = int(os.environ.get("RANK", "0"))
+    learner = Learner(loss="cross_entropy", verbose=0, run_dir=out / f"node{rank}")
+    learner.fit(make_mlp(), (x, y), epochs=2, batch_size=8, resume=True)
+    return {"global_step": learner.global_step}
+
+
 SCENARIOS = {
     "tools": tools,
     "preempt": preempt,
@@ -303,6 +352,9 @@ SCENARIOS = {
     "run_dir": run_dir,
     "resume": resume,
     "batched": batched,
+    "nodes": nodes,
+    "hold": hold,
+    "unshared": unshared,
 }
 
 if __name__ == "__main__":
