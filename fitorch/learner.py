@@ -955,41 +955,51 @@ class Learner:
         self._agree_to_stop()
 
     def _train_epoch(self, loader: DataLoader, val_loader: DataLoader | None = None) -> dict[str, float]:
-        callbacks, tracker, state = self.active_callbacks, self._train_tracker, self.state
-        tracker.reset()
-        if state.resumed_sums:  # resuming inside this epoch: count the batches trained before the resume
-            sums = state.resumed_sums
-            if self.accelerator.num_processes > 1:
-                sums = sums[str(self.accelerator.process_index)]  # this process's share
-            tracker.add_sums(sums, self.accelerator.device)
-            state.resumed_sums = None
+        callbacks, tracker, state = self.active_callbacks, self._start_tracking(), self.state
         running_logs = RunningLogs(tracker)
         self.window.reset()
         first, index = state.skip_batches, None
         for index, batch in self._epoch_batches(loader):
-            state.batch, state.step_taken, self._phase = index, False, "training"
-            self.loss = self.outputs = None  # until this batch computes them
-            if self.window.starts_window:
-                self._backward_calls = 0
-            if not self.prepared_model.training:
-                self.prepared_model.train()  # validation or a callback may have switched to eval
-            callbacks.fire("on_train_batch_begin", index, {})
-            batch, self.sample_weights = self._weighting.split(batch, self._weighting.train_batches)
-            self.inputs, self.targets = unpack_batch(batch)
-            targets = self.targets
-            samples = batch_length(targets if targets is not None else batch)
-            self.sync_gradients = self.window.add(index, samples, end_of_data=self._ends_epoch(index))
+            batch = self._begin_batch(index, batch)
             with self._gradient_sync():
                 self.loss, self.outputs = self.train_step(batch)
             state.batches_done = index + 1
-            running_logs.settle_kept()
-            self._track(tracker, self.loss, self.outputs, targets)
+            running_logs.settle_kept()  # a batch's logs a callback kept keep that batch's values
+            self._track(tracker, self.loss, self.outputs, self.targets)
             callbacks.fire("on_train_batch_end", index, self._validate_within_epoch(val_loader, running_logs))
             if self._agree_to_stop(index):
                 break
         running_logs.settle_kept()
         self._check_epoch_batches(first, index)
         return tracker.results(**self._reduce_options())
+
+    def _start_tracking(self) -> Tracker:
+        """The training tracker, reset, or holding the sums of the batches a resume inside this epoch skips."""
+        tracker, state = self._train_tracker, self.state
+        tracker.reset()
+        if state.resumed_sums:
+            sums = state.resumed_sums
+            if self.accelerator.num_processes > 1:
+                sums = sums[str(self.accelerator.process_index)]  # this process's share
+            tracker.add_sums(sums, self.accelerator.device)
+            state.resumed_sums = None
+        return tracker
+
+    def _begin_batch(self, index: int, batch: Any) -> Any:
+        """Enter training batch `index`: the state, train mode, `on_train_batch_begin`, the window; the batch
+        without its sample weights."""
+        self.state.batch, self.state.step_taken, self._phase = index, False, "training"
+        self.loss = self.outputs = None  # until this batch computes them
+        if self.window.starts_window:
+            self._backward_calls = 0
+        if not self.prepared_model.training:
+            self.prepared_model.train()  # validation or a callback may have switched to eval
+        self.active_callbacks.fire("on_train_batch_begin", index, {})
+        batch, self.sample_weights = self._weighting.split(batch, self._weighting.train_batches)
+        self.inputs, self.targets = unpack_batch(batch)
+        samples = batch_length(self.targets if self.targets is not None else batch)
+        self.sync_gradients = self.window.add(index, samples, end_of_data=self._ends_epoch(index))
+        return batch
 
     def _ends_epoch(self, index: int) -> bool:
         """Whether training batch `index` closes the epoch's last accumulation window."""
