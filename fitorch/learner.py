@@ -427,12 +427,7 @@ class Learner:
         train_loader = self.accelerator.prepare(train_loader)
         val_loader = self.accelerator.prepare(val_loader) if val_loader is not None else None
         self._call_loaders = [train_loader, val_loader]
-        self.state.start_fit(epochs, initial_epoch, shuffle_seed)
-        self.num_batches = self._training_batches(train_loader).per_epoch  # a resume checks its batch against it
-        self.stop_training, self.exception, self.resumed, self.preempted = False, None, False, None
-        self._stop_vote, self._stop_code = StopVote(self.accelerator), 0  # every process stops after one batch
-        self._preemption.install()
-        vars(model).pop("stop_training", None)  # Keras's flag belongs to the fit that sets it
+        self._begin_fit(epochs, initial_epoch, shuffle_seed, train_loader)
         try:
             self._run_lock = lock_run_dir(self.run_dir, self.accelerator)  # one writer per run_dir, until _end_call
             self._resume(resume)  # `resume`, or a backup a callback offers (BackupAndRestore)
@@ -442,17 +437,29 @@ class Learner:
         self.fitting = True
         self._fit_loop(train_loader, val_loader)
         if self.preempted is not None:
-            logger.warning(
-                "fit: preempted by %s at epoch %d, batch %d (global step %d); the checkpoint writers saved. "
-                "Exiting with code %d; the same command resumes.",
-                signal.Signals(self.preempted).name,
-                self.epoch + 1,
-                self.state.batches_done,
-                self.global_step,
-                128 + self.preempted,
-            )
-            raise Preempted(self.preempted)
+            self._exit_preempted()
         return self.history
+
+    def _begin_fit(self, epochs: int, initial_epoch: int, shuffle_seed: int, train_loader: DataLoader) -> None:
+        """The loop's position and the flags of a new fit; the preemption signals caught from here on."""
+        self.state.start_fit(epochs, initial_epoch, shuffle_seed)
+        self.num_batches = self._training_batches(train_loader).per_epoch  # a resume checks its batch against it
+        self.stop_training, self.exception, self.resumed, self.preempted = False, None, False, None
+        self._stop_vote, self._stop_code = StopVote(self.accelerator), 0  # every process stops after one batch
+        self._preemption.install()
+        vars(self.model).pop("stop_training", None)  # Keras's flag belongs to the fit that sets it
+
+    def _exit_preempted(self) -> None:
+        logger.warning(
+            "fit: preempted by %s at epoch %d, batch %d (global step %d); the checkpoint writers saved. "
+            "Exiting with code %d; the same command resumes.",
+            signal.Signals(self.preempted).name,
+            self.epoch + 1,
+            self.state.batches_done,
+            self.global_step,
+            128 + self.preempted,
+        )
+        raise Preempted(self.preempted)
 
     def _own_the_shuffle(self, loader: DataLoader, name: str) -> None:
         """Let the learner's per-epoch generator drive the shuffling and worker seeds of a user's DataLoader.
