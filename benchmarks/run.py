@@ -43,6 +43,11 @@ IMPORT_MODULES = ("torch", "fitorch")
 CHILD_TIMEOUT_S = 600
 # One thread everywhere: stable numbers on a shared machine, and no contender gains from threads.
 CHILD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "KERAS_BACKEND": "torch", "TF_CPP_MIN_LOG_LEVEL": "3"}
+# glibc's malloc hands freed blocks of a few MiB (a conv net's activations) back to the system
+# and takes them again with page faults; how often depends on each process's heap layout, by
+# chance: 30,000 to 190,000 faults in identical cnn fits, up to a third of their time. Fixed
+# thresholds keep those blocks in the heap, for every contender alike (docs/performance.md).
+CHILD_ENV.update({"MALLOC_MMAP_THRESHOLD_": str(64 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(128 * 2**20)})
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
