@@ -29,6 +29,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from run import CHILD_ENV, TRAINING_ENV
+
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
 ROOTS = {"fit_ddp": "ddp", "_fit_learner": "fitorch"}
@@ -61,7 +63,7 @@ def launch(args: argparse.Namespace, mode: str, wrapper: list[str]) -> str:
     """Run this script under torchrun (inside `wrapper`, e.g. py-spy); returns rank 0's report lines."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", __file__]
     command += ["--workload", args.workload, "--rounds", str(args.rounds), "--worker", mode]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, **CHILD_ENV, **TRAINING_ENV}  # run.py's: one thread, fixed malloc thresholds
     done = subprocess.run([*wrapper, *command], capture_output=True, text=True, env=env, cwd=HERE.parent)
     if done.returncode != 0:
         raise SystemExit(f"profiling run failed:\n{(done.stdout + done.stderr)[-3000:]}")

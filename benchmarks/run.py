@@ -46,6 +46,12 @@ IMPORT_MODULES = ("torch", "fitorch")
 CHILD_TIMEOUT_S = 600
 # One thread everywhere: stable numbers on a shared machine, and no contender gains from threads.
 CHILD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "KERAS_BACKEND": "torch", "TF_CPP_MIN_LOG_LEVEL": "3"}
+# For the training workloads: glibc's malloc hands freed blocks of a few MiB (a conv net's
+# activations) back to the system and takes them again with page faults; how often depends on
+# each process's heap layout, by chance: 30,000 to 190,000 faults in identical cnn fits, up to a
+# third of their time. Fixed thresholds keep those blocks in the heap, for every contender alike
+# (docs/performance.md). Checkpoints and imports run with the allocator as it comes.
+TRAINING_ENV = {"MALLOC_MMAP_THRESHOLD_": str(64 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(128 * 2**20)}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -128,11 +134,12 @@ class ProcessRun:
     other_load: float | None
 
 
-def run_process(command: list[str]) -> ProcessRun:
-    """Run `command` with the benchmark environment; time it and the machine's other load."""
+def run_process(command: list[str], env: dict[str, str] | None = None) -> ProcessRun:
+    """Run `command` with the benchmark environment (and `env`); time it and the machine's other load."""
     busy, usage, started = busy_cpu_seconds(), resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    environment = {**os.environ, **CHILD_ENV, **(env or {})}
     completed = subprocess.run(
-        command, capture_output=True, text=True, cwd=ROOT, env={**os.environ, **CHILD_ENV}, timeout=CHILD_TIMEOUT_S
+        command, capture_output=True, text=True, cwd=ROOT, env=environment, timeout=CHILD_TIMEOUT_S
     )
     wall = time.perf_counter() - started
     after, busy_after = resource.getrusage(resource.RUSAGE_CHILDREN), busy_cpu_seconds()
@@ -166,7 +173,8 @@ def run_child(workload: str, contender: str) -> dict[str, Any]:
     Raises:
         RuntimeError: the child failed or printed no result; the message holds the end of its output.
     """
-    run = run_process(child_command(workload, contender))
+    training = workload in WORKLOADS or workload in WORKLOAD_OF
+    run = run_process(child_command(workload, contender), TRAINING_ENV if training else None)
     for line in reversed(run.completed.stdout.splitlines()):
         if line.startswith("RESULT "):
             return {**json.loads(line.removeprefix("RESULT ")), "process_s": run.wall_s, "other_load": run.other_load}
@@ -218,7 +226,8 @@ def run_in_process(what: str, workload: str, rounds: int, quiet: float = 0.0) ->
     """
     if quiet:
         wait_until_quiet(quiet)
-    run = run_process([sys.executable, str(HERE / "inprocess.py"), what, workload, "--rounds", str(rounds)])
+    command = [sys.executable, str(HERE / "inprocess.py"), what, workload, "--rounds", str(rounds)]
+    run = run_process(command, TRAINING_ENV)
     for line in reversed(run.completed.stdout.splitlines()):
         if line.startswith("RESULT "):
             _log(f"{what} {workload}: done in {run.wall_s:.1f} s")
