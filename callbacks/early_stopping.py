@@ -114,11 +114,11 @@ class EarlyStopping(Callback):
         self._resumed = False
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
-        value = self.monitored.value(logs)  # raises, listing the available keys, when it is missing
-        if value is None:  # an epoch without validation (fit's validation_freq): nothing to judge
+        # The main process's value (raising, with the keys there are, when it is missing), so that every
+        # process keeps the same weights and all stop together.
+        current = self.monitored.agreed_value(logs, self.learner)
+        if current is None:  # an epoch without validation (fit's validation_freq): nothing to judge
             return
-        # Every process decides on the main process's value, so all keep the same weights and stop together.
-        current = self.learner.broadcast(value)
         if epoch < self.start_from_epoch:
             return
         if self.restore_best_weights and self.best_weights is None:

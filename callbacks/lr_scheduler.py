@@ -53,7 +53,8 @@ class LRScheduler(Callback):
     - a factory `optimizer -> torch scheduler`, e.g. `lambda opt: StepLR(opt, step_size=30)`,
       called once per optimizer; the scheduler is stepped once per epoch (or per step) after warm-up.
       A factory of torch's `ReduceLROnPlateau` is stepped at the end of every epoch with the log
-      value `monitor` (torch's plateau rule; `fitorch.callbacks.ReduceLROnPlateau` has Keras's).
+      value `monitor` (torch's plateau rule; `fitorch.callbacks.ReduceLROnPlateau` has Keras's),
+      except an epoch without validation (`fit(validation_freq=...)`).
 
     A callable is told apart at construction by calling it with 0: a function returns a number, a
     factory fails (torch schedulers reject anything but an optimizer at once). A function of two
@@ -208,7 +209,9 @@ class LRScheduler(Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
         if self.kind == "plateau":
             # The mode is torch's scheduler's own; the Monitor only reads the value (and lists the keys when missing).
-            current = self.learner.broadcast(Monitor(self.monitor, "min", owner=type(self).__name__).value(logs))
+            current = Monitor(self.monitor, "min", owner=type(self).__name__).agreed_value(logs, self.learner)
+            if current is None:  # an epoch without validation (fit's validation_freq): no step, as Keras
+                return
             for scheduler in self.schedulers:
                 scheduler.step(current)
 

@@ -135,8 +135,8 @@ class ModelCheckpoint(Callback):
         # which gathers the RNG states; only the main process writes and deletes.
         fields = {**logs, **counters, "step": self.learner.global_step}
         path = self._format(fields)
-        value = self.monitored.value(logs) if self.save_best_only else None  # None: an epoch without validation
-        improved = value is not None and self.monitored.observe(self.learner.broadcast(value))
+        value = self.monitored.agreed_value(logs, self.learner) if self.save_best_only else None
+        improved = value is not None and self.monitored.observe(value)  # None: an epoch without validation
         if not self.save_best_only or improved:
             self._save(
                 path,

@@ -89,11 +89,11 @@ class ReduceLROnPlateau(Callback):
         self._resumed = False
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
-        value = self.monitored.value(logs)  # raises, listing the available keys, when it is missing
-        if value is None:  # an epoch without validation (fit's validation_freq): nothing to judge
+        # The main process's value (raising, with the keys there are, when it is missing), so that no two
+        # processes end with different rates.
+        current = self.monitored.agreed_value(logs, self.learner)
+        if current is None:  # an epoch without validation (fit's validation_freq): nothing to judge
             return
-        # The main process's value decides on every process, so no two end with different rates.
-        current = self.learner.broadcast(value)
         if self.in_cooldown():
             self.cooldown_counter -= 1
             self.wait = 0

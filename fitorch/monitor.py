@@ -8,9 +8,12 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fitorch.checks import check_choice, check_number, check_str
+
+if TYPE_CHECKING:
+    from fitorch.learner import Learner
 
 logger = logging.getLogger("fitorch")
 
@@ -86,6 +89,17 @@ class Monitor:
                 f"{self.owner}(monitor={self.monitor!r}): no such value in the logs; available: {available}.{hint}"
             )
         return float(logs[self.monitor])
+
+    def agreed_value(self, logs: Mapping[str, Any], learner: Learner) -> float | None:
+        """`value(logs)` as the main process has it, on every process (`Learner.broadcast`).
+
+        A callback that decides from the value (stop, keep the best weights, lower the rate) reads it
+        this way, so that no two processes decide differently. Every process must call it at the
+        same point: under several processes it is a collective call (skipped, on every process alike,
+        in an epoch that did not validate).
+        """
+        value = self.value(logs)
+        return None if value is None else learner.broadcast(value)
 
     def is_improvement(self, value: float) -> bool:
         """Whether `value` beats the best so far (and the baseline) by more than `min_delta`."""

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from fitorch import Monitor
+from fitorch import EpochLogs, Monitor
 
 
 def test_mode_auto_reads_the_name():
@@ -37,3 +37,21 @@ def test_a_missing_key_lists_what_the_logs_hold():
         ValueError, match=r"Monitor\(monitor='val_acc'\): no such value.*available: loss, lr.*validation"
     ):
         Monitor("val_acc").value({"loss": 1.0, "lr": 0.1})
+
+
+class MainProcessSays:
+    """Stands in for a learner under several processes, whose main process holds another value."""
+
+    def __init__(self, value: float) -> None:
+        self.value, self.calls = value, 0
+
+    def broadcast(self, value: float) -> float:
+        self.calls += 1
+        return self.value
+
+
+def test_agreed_value_is_the_main_processs_and_skips_epochs_without_validation():
+    learner = MainProcessSays(0.25)
+    assert Monitor("val_loss").agreed_value({"val_loss": 0.75}, learner) == 0.25
+    assert Monitor("val_loss").agreed_value(EpochLogs({"loss": 1.0}, validated=False), learner) is None
+    assert learner.calls == 1  # no collective call in an epoch that did not validate, on any process

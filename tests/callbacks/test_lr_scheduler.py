@@ -379,3 +379,26 @@ def test_two_schedules_in_one_fit_are_refused_at_the_start():
         ValueError, match=r"Two learning-rate schedules in one fit \(LRScheduler, LearningRateScheduler\)"
     ):
         fit(LRScheduler("cosine"), extra=[LearningRateScheduler(lambda epoch: 0.1)])
+
+
+class Stuck(Callback):
+    """Sets val_loss to 1.0 in the epochs that validated, leaving the others without it."""
+
+    def on_epoch_end(self, epoch, logs):
+        if "val_loss" in logs:
+            logs["val_loss"] = 1.0
+
+
+def test_torchs_reduce_lr_on_plateau_skips_the_epochs_without_validation():
+    # validation_freq=2: epochs 1, 3, 5 have no val_loss; torch's scheduler steps on the others only,
+    # as fitorch's own ReduceLROnPlateau and Keras's do (an epoch without the value is no bad epoch).
+    x, y = make_classification(n=16)
+    factory = lambda opt: lr_scheduler.ReduceLROnPlateau(opt, patience=0, factor=0.5)
+    stuck = Stuck()  # val_loss never improves: each step on it is a bad epoch
+    learner = Learner(loss="cross_entropy", optimizer="sgd", lr=BASE, verbose=0)
+    history = learner.fit(
+        make_mlp(), (x, y), epochs=6, batch_size=8, validation_data=(x, y), validation_freq=2,
+        callbacks=[stuck, LRScheduler(factory)],
+    )
+    # Stepped after epochs 2 (the first value: its best), 4 and 6 (bad: halved), never after 1, 3, 5.
+    assert history.history["lr"] == [BASE] * 4 + [BASE / 2] * 2
