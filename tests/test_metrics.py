@@ -116,3 +116,22 @@ def test_evaluate_without_targets_says_it_needs_them_and_points_to_predict():
         Learner(loss="cross_entropy", verbose=0).evaluate(make_mlp(), x)
     with pytest.raises(ValueError, match="evaluate needs targets"):
         Learner(loss="cross_entropy", verbose=0).evaluate(make_mlp(), [(x,)])
+
+
+def test_real_torchmetrics_objects_log_exact_values_or_are_refused():
+    torchmetrics = pytest.importorskip("torchmetrics")
+    from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
+
+    x, y = make_classification(n=50)  # 3 classes; batches of 8 leave a short last batch
+    model = make_mlp()
+    collection = torchmetrics.MetricCollection(
+        {"acc": MulticlassAccuracy(3, average="micro"), "f1": MulticlassF1Score(3, average="macro")}
+    )
+    logs = Learner(loss="cross_entropy", metrics=[collection], verbose=0).evaluate(model, (x, y), batch_size=8)
+    with torch.no_grad():
+        predicted = model(x)
+    assert set(logs) == {"loss", "acc", "f1"}  # one log key per entry of the collection
+    assert logs["acc"] == pytest.approx(float((predicted.argmax(1) == y).float().mean()), abs=1e-6)
+    assert logs["f1"] == pytest.approx(float(MulticlassF1Score(3, average="macro")(predicted, y)), abs=1e-6)
+    with pytest.raises(ValueError, match=r"returned a tensor of shape \(3, 3\)"):
+        Learner(loss="cross_entropy", metrics=[MulticlassConfusionMatrix(3)], verbose=0).evaluate(model, (x, y))
