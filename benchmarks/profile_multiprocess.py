@@ -19,6 +19,7 @@ The script relaunches itself under torchrun (and py-spy); `--worker` marks the l
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import shutil
 import statistics
@@ -114,6 +115,7 @@ def worker(args: argparse.Namespace) -> None:
     if dist.get_rank() == 0:
         for line in ab_table(times).splitlines():
             print("REPORT " + line, flush=True)
+    gc.collect()  # before the group goes: a cycle still holding it aborts the process at exit (docs/distributed.md)
     dist.destroy_process_group()
 
 
