@@ -8,6 +8,7 @@ into them. `tensorboard` is imported only when a fit with this callback starts, 
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import torch
@@ -156,7 +157,10 @@ class TensorBoard(Callback):
                 "TensorBoard(write_graph=True) traces model(*inputs), but this model was called with keyword "
                 "arguments only (a dict batch). Use write_graph=False."
             )
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # TensorBoard's add_graph traces with torch.jit.trace, which recent torch releases mark deprecated:
+            # a warning about a call the user never made, with nothing they could change.
+            warnings.filterwarnings("ignore", message=r"`torch\.jit\.trace", category=FutureWarning)
             self.writers["train"].add_graph(self.model, inputs, use_strict_trace=False)
 
     def _write_hparams(self) -> None:
