@@ -111,7 +111,7 @@ def is_tensor_data(data: Any) -> bool:
 
 
 def _take(part: torch.Tensor | Mapping[str, torch.Tensor], index: Any) -> Any:
-    if isinstance(part, Mapping):
+    if not isinstance(part, torch.Tensor):  # a dict of tensors
         return {key: _take(value, index) for key, value in part.items()}
     return part.index_select(0, index) if isinstance(index, torch.Tensor) else part[index]
 
@@ -480,13 +480,15 @@ def unpack_batch(batch: Any) -> tuple[Any, Any]:
         >>> len(inputs), targets.shape
         (1, torch.Size([4]))
     """
-    if isinstance(batch, Mapping):
-        return batch, batch["labels"] if "labels" in batch else batch.get("label")
+    # Tuples and tensors first: they are never mappings, and the Mapping check is the slow one.
     if isinstance(batch, (tuple, list)):
         inputs, targets = (tuple(batch), None) if len(batch) == 1 else (tuple(batch[:-1]), batch[-1])
-        if len(inputs) == 1 and isinstance(inputs[0], Mapping):  # ({"a": xa, "b": xb}, y): keyword arguments
-            return inputs[0], targets
+        first = inputs[0] if len(inputs) == 1 else None
+        if first is not None and not isinstance(first, torch.Tensor) and isinstance(first, Mapping):
+            return first, targets  # ({"a": xa, "b": xb}, y): keyword arguments
         return inputs, targets
+    if isinstance(batch, Mapping):
+        return batch, batch["labels"] if "labels" in batch else batch.get("label")
     return (batch,), None
 
 

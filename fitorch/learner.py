@@ -35,6 +35,7 @@ from fitorch.checkpoint import latest_checkpoint, load_checkpoint
 from fitorch.checks import check_bool, check_choice, check_int, check_number, check_path
 from fitorch.compiled import Compiler, compile_options, is_compiled, unwrap_compiled
 from fitorch.data import (
+    ArrayDataset,
     DataLike,
     IterableBatches,
     LoaderOptions,
@@ -424,8 +425,8 @@ class Learner:
         if self.seed is not None:
             seed_everything(self.seed)
         self._start_call(model, callbacks, training=True, validating=val_loader is not None)
-        train_loader = self.accelerator.prepare(train_loader)
-        val_loader = self.accelerator.prepare(val_loader) if val_loader is not None else None
+        train_loader = self._prepare_loader(train_loader)
+        val_loader = self._prepare_loader(val_loader) if val_loader is not None else None
         self._call_loaders = [train_loader, val_loader]
         self._begin_fit(epochs, initial_epoch, shuffle_seed, train_loader)
         try:
@@ -775,7 +776,7 @@ class Learner:
         loader = make_loader(data, "data", self._loader_options(batch_size, None, model), train=False)
         self._checked_loader(loader, "data")
         self._start_call(model, callbacks, training=False)
-        self._call_loaders = [self.accelerator.prepare(loader)]
+        self._call_loaders = [self._prepare_loader(loader)]
         try:
             return run(self._call_loaders[0])
         finally:
@@ -1301,6 +1302,14 @@ class Learner:
             pin_memory=pins_memory(self.accelerator.device),
             float_dtype=model_float_dtype(model),
         )
+
+    def _prepare_loader(self, loader: DataLoader) -> DataLoader:
+        """The loader through Accelerate (sharding, the end-of-data flag), placing batches on the device
+        unless they are there already: fitorch's loader over CPU tensors, on the CPU, where Accelerate's
+        per-batch `send_to_device` would walk every batch for nothing (about 4 µs a batch)."""
+        in_place = self.accelerator.device.type == "cpu" and isinstance(loader.dataset, ArrayDataset)
+        in_place = in_place and loader.dataset.on_cpu
+        return self.accelerator.prepare(loader, device_placement=[not in_place])
 
     def _start_call(
         self, model: nn.Module, callbacks: Sequence[Callback] | None, training: bool, validating: bool = False

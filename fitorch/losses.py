@@ -115,6 +115,8 @@ def loss_from_outputs(outputs: Any) -> torch.Tensor:
 
 def model_predictions(outputs: Any) -> Any:
     """What `predict` returns for a batch: `outputs.logits` for model outputs that carry one, else the outputs."""
+    if isinstance(outputs, torch.Tensor):  # the common case, without a failing attribute lookup per batch
+        return outputs
     logits = getattr(outputs, "logits", None)
     if logits is None and isinstance(outputs, Mapping):
         logits = outputs.get("logits")
