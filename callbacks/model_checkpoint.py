@@ -106,10 +106,7 @@ class ModelCheckpoint(Callback):
 
     def on_train_begin(self, logs: dict[str, Any]) -> None:
         if self.learner.is_main_process:  # a path under a file fails now, not after an epoch of training
-            pattern = self.filepath or self._default_filepath()
-            check_folder_creatable(
-                os.path.dirname(pattern.split("{", 1)[0]) or ".", "filepath", owner="ModelCheckpoint"
-            )
+            check_folder_creatable(self._folder(), "filepath", owner="ModelCheckpoint")
         if not self.learner.resumed:  # a new fit (another model, say) starts with no best and nothing kept
             self.monitored.best = None
             self.saved = []
@@ -117,8 +114,7 @@ class ModelCheckpoint(Callback):
     def on_train_end(self, logs: dict[str, Any]) -> None:
         if self.save_last and self.learner.preempted is not None and self.learner.exception is None:
             # Stopped by SIGTERM/SIGUSR1 at a step boundary: `last` is where fit(resume="auto") continues.
-            folder = os.path.dirname((self.filepath or self._default_filepath()).split("{", 1)[0])
-            save_checkpoint(self.learner, os.path.join(folder, "last"), weights_only=self.save_weights_only)
+            save_checkpoint(self.learner, os.path.join(self._folder(), "last"), weights_only=self.save_weights_only)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
         if self.save_every.epoch_due(epoch):
@@ -172,6 +168,11 @@ class ModelCheckpoint(Callback):
                 f"ModelCheckpoint(filepath={pattern!r}): cannot format it ({error}). "
                 "Fields look like {epoch:03d} or {val_loss:.3f}."
             ) from None
+
+    def _folder(self) -> str:
+        """The folder the checkpoints go into: the filepath's directory, up to its first field."""
+        pattern = self.filepath or self._default_filepath()
+        return os.path.dirname(pattern.split("{", 1)[0]) or "."
 
     def _default_filepath(self) -> str:
         run_dir = self.learner.run_dir

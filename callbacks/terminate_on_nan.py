@@ -74,8 +74,8 @@ class TerminateOnNaN(Callback):
             self._check()
 
     def _check(self) -> None:
-        finite = [bool(flag) for flag in torch.stack([torch.isfinite(loss).all() for loss in self._losses]).tolist()]
-        losses, places, self._losses, self._places = self._losses, self._places, [], []  # the line above: one sync
+        losses, places, self._losses, self._places = self._losses, self._places, [], []
+        finite = torch.stack([torch.isfinite(loss).all() for loss in losses]).tolist()  # the one sync
         if all(finite):
             return
         first = finite.index(False)

@@ -448,8 +448,8 @@ def _check_weights(
     Otherwise (`load_weights`) floating-point weights are cast to the model's dtype with a warning,
     and any other dtype change is refused.
     """
-    _check_dtypes(model.state_dict(), weights, path, exact_dtypes)
     expected = model.state_dict()
+    _check_dtypes(expected, weights, path, exact_dtypes)
     missing = [key for key in expected if key not in weights]
     unexpected = [key for key in weights if key not in expected]
     misshaped = [

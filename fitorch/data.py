@@ -483,9 +483,8 @@ def unpack_batch(batch: Any) -> tuple[Any, Any]:
     # Tuples and tensors first: they are never mappings, and the Mapping check is the slow one.
     if isinstance(batch, (tuple, list)):
         inputs, targets = (tuple(batch), None) if len(batch) == 1 else (tuple(batch[:-1]), batch[-1])
-        first = inputs[0] if len(inputs) == 1 else None
-        if first is not None and not isinstance(first, torch.Tensor) and isinstance(first, Mapping):
-            return first, targets  # ({"a": xa, "b": xb}, y): keyword arguments
+        if len(inputs) == 1 and not isinstance(inputs[0], torch.Tensor) and isinstance(inputs[0], Mapping):
+            return inputs[0], targets  # ({"a": xa, "b": xb}, y): keyword arguments
         return inputs, targets
     if isinstance(batch, Mapping):
         return batch, batch["labels"] if "labels" in batch else batch.get("label")

@@ -34,7 +34,8 @@ from fitorch.storage import METADATA_FILE
 
 # Batches between two votes on `stop_training` under several processes. A vote costs one collective
 # call (0.5 ms of a 3 ms step of the tiny benchmark on gloo, waited for or not); every 16 batches it
-# costs about 1% there, and a stop takes effect at most 17 batches after it was asked.
+# cost 1-9% there in runs on a shared 2-core machine (docs/performance.md), and a stop takes effect at
+# most 17 batches after it was asked.
 VOTE_EVERY = 16
 
 # `(default group, gloo group)`: the gloo group that carries the votes when the default group

@@ -82,6 +82,17 @@ def _identity() -> dict[str, Any]:
     }
 
 
+def process_exists(pid: int) -> bool:
+    """Whether a process `pid` exists on this host (a zombie or another user's process counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, and another user's
+        return True
+    return True
+
+
 def _owner_gone(owner: dict[str, Any]) -> bool:
     """Whether the process that wrote `owner` has certainly ended; False when it runs or cannot be checked."""
     here = _identity()
@@ -92,12 +103,8 @@ def _owner_gone(owner: dict[str, Any]) -> bool:
     pid = owner.get("pid")
     if not isinstance(pid, int) or pid <= 0:
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not process_exists(pid):
         return True
-    except PermissionError:
-        pass  # alive, and another user's
     stat = _process_stat(pid)
     if stat is None:
         return False

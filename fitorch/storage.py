@@ -24,6 +24,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from fitorch.run_lock import process_exists
+
 FORMAT_NAME = "fitorch-checkpoint"
 FORMAT_VERSION = 2  # 2: checkpoint.json carries a checksum of its own content
 METADATA_FILE = "checkpoint.json"
@@ -166,17 +168,7 @@ def _abandoned(name: str, path: str) -> bool:
     if head == hidden_name(path, "")[:-1]:
         return True  # an earlier write of this very checkpoint: this save replaces it
     pid = rest.split("-", 1)[0]
-    return pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
+    return pid.isdigit() and int(pid) != os.getpid() and not process_exists(int(pid))
 
 
 def write_directory(path: str, files: dict[str, dict[str, torch.Tensor]], metadata: dict[str, Any]) -> None:
